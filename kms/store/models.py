@@ -1,0 +1,168 @@
+"""The document store: domains, documents, their versions and the embedded chunks.
+
+A document is identified by ``(domain, source)``; uploading changed content under the same
+source adds a version, identical content is recognised by its SHA-256 and not stored twice.
+Search serves each document's ``current_version`` (its newest ready one), so a failed
+re-upload never takes away what was already searchable.
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.contrib.auth.models import Group
+from django.db import models
+from pgvector.django import HnswIndex, VectorField
+
+
+class Domain(models.Model):
+    """A knowledge domain (healthcare, finance, ...) with its own chunking and, later, models."""
+
+    slug = models.SlugField(unique=True)
+    name = models.CharField(max_length=100)
+    description = models.TextField(blank=True)
+    chunk_tokens = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Token budget per chunk; empty uses KMS_CHUNK_TOKENS."
+    )
+    chunk_overlap = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Overlap between chunks; empty uses KMS_CHUNK_OVERLAP."
+    )
+    options = models.JSONField(
+        default=dict, blank=True, help_text="Per-domain retrieval and generation options."
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["slug"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def effective_chunk_tokens(self) -> int:
+        return self.chunk_tokens or settings.KMS_CHUNK_TOKENS
+
+    @property
+    def effective_chunk_overlap(self) -> int:
+        return settings.KMS_CHUNK_OVERLAP if self.chunk_overlap is None else self.chunk_overlap
+
+
+class Status(models.TextChoices):
+    PENDING = "pending", "Pending"
+    PROCESSING = "processing", "Processing"
+    READY = "ready", "Ready"
+    FAILED = "failed", "Failed"
+
+
+class Document(models.Model):
+    domain = models.ForeignKey(Domain, on_delete=models.PROTECT, related_name="documents")
+    title = models.CharField(max_length=500)
+    source = models.CharField(
+        max_length=1000, help_text="Where it came from: a file name, path or external id."
+    )
+    media_type = models.CharField(max_length=100, blank=True)
+    content_hash = models.CharField(max_length=64, blank=True, db_index=True)
+    access_groups = models.ManyToManyField(
+        Group, blank=True, related_name="documents",
+        help_text="Groups that may see this document; none means every user of the domain.",
+    )
+    status = models.CharField(
+        max_length=20, choices=Status.choices, default=Status.PENDING, db_index=True
+    )
+    status_message = models.TextField(blank=True)
+    current_version = models.ForeignKey(
+        "DocumentVersion", null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
+        help_text="The newest ready version: the one search serves.",
+    )
+    uploaded_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+        related_name="uploaded_documents",
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-updated_at"]
+        constraints = [
+            models.UniqueConstraint(fields=["domain", "source"], name="document_unique_source")
+        ]
+
+    def __str__(self) -> str:
+        return self.title
+
+
+def version_upload_to(version: DocumentVersion, filename: str) -> str:
+    return f"documents/{version.content_hash[:2]}/{version.content_hash}/{filename}"
+
+
+class DocumentVersion(models.Model):
+    document = models.ForeignKey(Document, on_delete=models.CASCADE, related_name="versions")
+    number = models.PositiveIntegerField()
+    file = models.FileField(upload_to=version_upload_to, max_length=500, blank=True)
+    filename = models.CharField(max_length=255)
+    content_hash = models.CharField(max_length=64, db_index=True)
+    size_bytes = models.BigIntegerField()
+    media_type = models.CharField(max_length=100, blank=True)
+    status = models.CharField(
+        max_length=20, choices=Status.choices, default=Status.PENDING, db_index=True
+    )
+    status_message = models.TextField(blank=True)
+    extracted_text = models.TextField(blank=True)
+    structure = models.JSONField(
+        default=dict, blank=True,
+        help_text="Blocks and pages of the extracted text, so re-chunking needs no re-parse.",
+    )
+    page_count = models.PositiveIntegerField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    processed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["document", "-number"]
+        constraints = [
+            models.UniqueConstraint(fields=["document", "number"], name="version_unique_number"),
+            models.UniqueConstraint(
+                fields=["document", "content_hash"], name="version_unique_content"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.document} v{self.number}"
+
+
+class Chunk(models.Model):
+    """A passage of a version's extracted text: what retrieval finds and answers cite."""
+
+    document = models.ForeignKey(Document, on_delete=models.CASCADE, related_name="chunks")
+    version = models.ForeignKey(DocumentVersion, on_delete=models.CASCADE, related_name="chunks")
+    ordinal = models.PositiveIntegerField()
+    text = models.TextField()
+    start_offset = models.PositiveIntegerField(help_text="Into the version's extracted text.")
+    end_offset = models.PositiveIntegerField()
+    page = models.PositiveIntegerField(null=True, blank=True)
+    page_end = models.PositiveIntegerField(null=True, blank=True)
+    heading = models.CharField(max_length=1000, blank=True)
+    token_count = models.PositiveIntegerField()
+    embedding = VectorField(dimensions=settings.KMS_EMBEDDING_DIM, null=True, blank=True)
+    embedding_model = models.CharField(max_length=200, blank=True)
+    embedded_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["version", "ordinal"]
+        constraints = [
+            models.UniqueConstraint(fields=["version", "ordinal"], name="chunk_unique_ordinal")
+        ]
+        indexes = [
+            HnswIndex(
+                name="chunk_embedding_hnsw",
+                fields=["embedding"],
+                m=16,
+                ef_construction=64,
+                opclasses=["vector_cosine_ops"],
+            ),
+            models.Index(
+                fields=["id"], name="chunk_pending_embedding",
+                condition=models.Q(embedding__isnull=True),
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.version} #{self.ordinal}"

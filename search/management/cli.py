@@ -1,0 +1,73 @@
+"""What the ingest commands share: checking for workers, waiting with a progress bar, summary."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Sequence
+
+from django.conf import settings
+from django.core.management.base import CommandError, OutputWrapper
+from tqdm import tqdm
+
+from search.ingest import IngestResult, Progress, failures, process_inline, wait_for_versions
+
+
+def require_worker(timeout: float = 2.0) -> None:
+    """Fail early, before anything is stored, when no Celery worker would process it."""
+    from kms.celery import app
+
+    try:
+        replies = app.control.ping(timeout=timeout)
+    except Exception as exc:  # kombu raises several types for an unreachable broker
+        raise CommandError(
+            f"Cannot reach the Celery broker at {settings.CELERY_BROKER_URL} ({exc}). "
+            "Start Redis or set REDIS_URL; or pass --inline to process in this process."
+        ) from exc
+    if not replies:
+        raise CommandError(
+            "No Celery worker answered. Start the system with `make run` (or "
+            "`celery -A kms worker`), or pass --inline to process in this process."
+        )
+
+
+def process_with_progress(
+    version_ids: Sequence[int], *, inline: bool, label: str, timeout: float | None = None
+) -> tuple[Progress, float]:
+    """Process (inline) or wait for the workers, showing documents done; returns wall time."""
+    started = time.monotonic()
+    bar = tqdm(total=len(version_ids), desc=label, unit="doc", dynamic_ncols=True)
+
+    def update(state: Progress) -> None:
+        bar.n = state.done
+        bar.set_postfix(chunks=state.chunks, embedded=state.embedded, failed=state.failed)
+        bar.refresh()
+
+    if inline:
+        state = process_inline(version_ids, on_progress=update)
+    else:
+        state = wait_for_versions(version_ids, timeout=timeout, on_progress=update)
+    bar.close()
+    return state, time.monotonic() - started
+
+
+def print_summary(
+    out: OutputWrapper, results: Sequence[IngestResult], state: Progress | None,
+    version_ids: Sequence[int],
+) -> int:
+    """Print counts and every failure with its reason; returns the number of failures."""
+    outcomes = Counter(r.outcome for r in results)
+    ready = state.ready if state else 0
+    failed_reasons = [(r.source, r.message) for r in results if r.outcome == "failed"]
+    failed_reasons += failures(version_ids)
+    pending = (state.total - state.done) if state else 0
+    out.write(
+        f"ok: {ready} ready, {outcomes['unchanged']} unchanged, {outcomes['duplicate']} duplicate;"
+        f" failed: {len(failed_reasons)}" + (f"; still processing: {pending}" if pending else "")
+    )
+    for result in results:
+        if result.outcome == "duplicate":
+            out.write(f"  duplicate  {result.source}: {result.message}")
+    for source, reason in failed_reasons:
+        out.write(f"  FAILED     {source}: {reason}")
+    return len(failed_reasons)

@@ -1,0 +1,123 @@
+"""Shared fixtures: real PostgreSQL (embedded or DATABASE_URL), real Redis, real workers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+from django.conf import settings
+from django.db import connection
+
+from kms.store.models import Domain
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _media_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Uploaded files of the tests go to a temporary folder, not the developer's data dir."""
+    media = tmp_path_factory.mktemp("media")
+    settings.MEDIA_ROOT = media
+    return media
+
+
+@pytest.fixture
+def domain(db) -> Domain:
+    """The migration creates it; transactional tests flush it, so recreate when needed."""
+    return Domain.objects.get_or_create(slug="healthcare", defaults={"name": "Healthcare"})[0]
+
+
+def test_database_url() -> str:
+    """A URL for the test database that another process (a worker) can use."""
+    db = connection.settings_dict
+    user = quote(db.get("USER") or "")
+    password = f":{quote(db['PASSWORD'])}" if db.get("PASSWORD") else ""
+    host = db.get("HOST") or ""
+    port = db.get("PORT") or ""
+    query = f"?host={quote(host)}" + (f"&port={port}" if port else "") if host else ""
+    return f"postgresql://{user}{password}@/{db['NAME']}{query}"
+
+
+@dataclass
+class WorkerProcess:
+    """A real ``celery worker`` subprocess bound to the test database and its own queue."""
+
+    queue: str
+    log: Path
+    env: dict[str, str]
+    process: subprocess.Popen | None = None
+
+    def start(self, concurrency: int = 2, timeout: float = 90.0) -> None:
+        from kms.celery import app
+
+        hostname = f"{self.queue}-{uuid.uuid4().hex[:4]}@%h"
+        with self.log.open("ab") as fh:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "celery", "-A", "kms", "worker", "--loglevel=INFO",
+                 f"--concurrency={concurrency}", f"--queues={self.queue}",
+                 f"--hostname={hostname}", "--without-mingle", "--without-gossip"],
+                cwd=ROOT, env=self.env, stdout=fh, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + timeout
+        name = hostname.replace("%h", os.uname().nodename)
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"worker exited early:\n{self.log.read_text()[-3000:]}")
+            if app.control.ping(destination=[name], timeout=0.5):
+                return
+        raise RuntimeError(f"worker did not answer in {timeout} s:\n{self.log.read_text()[-3000:]}")
+
+    def kill(self) -> None:
+        """SIGKILL the whole worker (main process and pool children), as a crash would."""
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+@pytest.fixture
+def worker_factory(transactional_db, tmp_path: Path) -> Iterator:
+    """Start real worker processes on a queue of this test; all are stopped afterwards."""
+    from kms.celery import app
+
+    queue = f"kms-test-{uuid.uuid4().hex[:8]}"
+    previous = app.conf.task_default_queue
+    app.conf.task_default_queue = queue
+    workers: list[WorkerProcess] = []
+
+    def make(**extra_env: str) -> WorkerProcess:
+        env = {
+            **os.environ,
+            "DATABASE_URL": test_database_url(),
+            "REDIS_URL": settings.REDIS_URL,
+            "KMS_CELERY_QUEUE": queue,
+            "KMS_MEDIA_ROOT": str(settings.MEDIA_ROOT),
+            "KMS_TORCH_THREADS": "1",
+            "DJANGO_SETTINGS_MODULE": "kms.settings",
+            **extra_env,
+        }
+        worker = WorkerProcess(queue, tmp_path / f"worker-{len(workers)}.log", env)
+        workers.append(worker)
+        return worker
+
+    yield make
+    for worker in workers:
+        worker.stop()
+    app.conf.task_default_queue = previous

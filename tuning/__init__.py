@@ -1,0 +1,1 @@
+"""Domain fine-tuning: training data, fine-tuning jobs, evaluation gates, model registry."""
