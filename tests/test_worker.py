@@ -1,0 +1,76 @@
+"""Real Celery worker processes on the real broker and the test database."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from django.db import transaction
+
+from kms.store.models import Chunk, DocumentVersion, Domain, Status
+from search.ingest import add_document, wait_for_versions
+
+pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
+
+POLICY = "# Hand hygiene\n\n## When\n\nBefore and after every patient contact.\n"
+
+
+def test_saved_document_is_processed_by_a_worker_to_ready(worker_factory, domain: Domain):
+    worker_factory().start()
+    with transaction.atomic():
+        result = add_document(domain, source="hh.md", filename="hh.md", content=POLICY.encode())
+    state = wait_for_versions([result.version_id], timeout=120)
+    version = DocumentVersion.objects.get(pk=result.version_id)
+    assert version.status == Status.READY, version.status_message
+    assert state.embedded == state.chunks == version.chunks.count() > 0
+    assert version.document.current_version_id == version.pk
+
+
+def test_bad_file_fails_on_the_worker_and_the_good_one_is_ready(worker_factory, domain):
+    worker_factory().start()
+    with transaction.atomic():
+        good = add_document(domain, source="ok.md", filename="ok.md", content=POLICY.encode())
+        bad = add_document(domain, source="x.pdf", filename="x.pdf", content=b"\x00garbage")
+    wait_for_versions([good.version_id, bad.version_id], timeout=120)
+    assert DocumentVersion.objects.get(pk=good.version_id).status == Status.READY
+    failed = DocumentVersion.objects.get(pk=bad.version_id)
+    assert failed.status == Status.FAILED
+    assert "not a valid PDF" in failed.status_message
+
+
+def long_document(paragraphs: int = 240) -> bytes:
+    body = "\n\n".join(
+        f"Paragraph {i}: the ward checks fluid balance, observations and medication charts "
+        f"every {i % 12 + 1} hours and records exceptions in the electronic record."
+        for i in range(paragraphs)
+    )
+    return f"# Ward routine\n\n{body}\n".encode()
+
+
+def test_worker_killed_mid_document_is_rerun_to_exactly_one_set_of_chunks(
+    worker_factory, domain: Domain
+) -> None:
+    """SIGKILL the worker while it embeds; the redelivered task finishes the document."""
+    crashing = worker_factory(KMS_TASK_VISIBILITY_SECONDS="5", KMS_EMBED_BATCH_SIZE="8")
+    crashing.start(concurrency=1)
+    with transaction.atomic():
+        result = add_document(domain, source="ward.md", filename="ward.md",
+                              content=long_document())
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # wait until some, not all, chunks have vectors
+        embedded = Chunk.objects.filter(version_id=result.version_id, embedding__isnull=False)
+        if embedded.exists():
+            break
+        time.sleep(0.05)
+    crashing.kill()
+    version = DocumentVersion.objects.get(pk=result.version_id)
+    assert version.status == Status.PROCESSING
+    assert Chunk.objects.filter(version_id=version.pk, embedding__isnull=True).exists()
+
+    worker_factory(KMS_TASK_VISIBILITY_SECONDS="5").start()
+    wait_for_versions([version.pk], timeout=180)
+    version.refresh_from_db()
+    assert version.status == Status.READY, version.status_message
+    ordinals = sorted(version.chunks.values_list("ordinal", flat=True))
+    assert ordinals == list(range(len(ordinals)))
+    assert not version.chunks.filter(embedding__isnull=True).exists()
