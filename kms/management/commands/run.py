@@ -9,7 +9,7 @@ from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from kms import system
+from kms import embedded, system
 from kms.supervisor import ServiceDied, Supervisor
 from search.demo import load_demo
 from search.management.cli import print_summary, process_with_progress
@@ -65,7 +65,8 @@ class Command(BaseCommand):
         finally:
             self.stdout.write("Stopping web, worker and beat ...")
             supervisor.stop()
-            self.stdout.write("Stopped. The embedded PostgreSQL/Redis stop as this process exits.")
+            embedded.stop_embedded_redis()
+            self.stdout.write("Stopped. The embedded PostgreSQL stops as this process exits.")
 
     def _load_demo(self, supervisor: Supervisor) -> None:
         self.stdout.write("Waiting for the worker to load the embedding model ...")
