@@ -109,6 +109,8 @@ DATABASE_URL = os.environ.get("DATABASE_URL") or embedded.postgres_url(DATA_DIR)
 DATABASES = {
     "default": dj_database_url.parse(DATABASE_URL, conn_max_age=60, conn_health_checks=True)
 }
+if test_db_name := os.environ.get("KMS_TEST_DB_NAME"):  # parallel test runs on one server
+    DATABASES["default"]["TEST"] = {"NAME": test_db_name}
 
 REDIS_URL = os.environ.get("REDIS_URL") or embedded.redis_url(DATA_DIR)
 
@@ -183,3 +185,17 @@ KMS_CHUNK_TOKENS = env_int("KMS_CHUNK_TOKENS", 200)
 KMS_CHUNK_OVERLAP = env_int("KMS_CHUNK_OVERLAP", 32)
 KMS_STALLED_AFTER_SECONDS = env_int("KMS_STALLED_AFTER_SECONDS", 1800)
 KMS_TORCH_THREADS = env_int("KMS_TORCH_THREADS", 0)  # 0: torch's default
+
+# Retrieval
+KMS_BM25_K1 = float(os.environ.get("KMS_BM25_K1", "1.5"))
+KMS_BM25_B = float(os.environ.get("KMS_BM25_B", "0.75"))
+KMS_BM25_EPSILON = float(os.environ.get("KMS_BM25_EPSILON", "0.25"))
+KMS_BM25_REFRESH_SECONDS = env_int("KMS_BM25_REFRESH_SECONDS", 10)
+KMS_INDEX_DIR = Path(os.environ.get("KMS_INDEX_DIR", DATA_DIR / "indexes"))
+KMS_HNSW_EF_SEARCH = env_int("KMS_HNSW_EF_SEARCH", 100)
+KMS_SEARCH_MODE = os.environ.get("KMS_SEARCH_MODE", "hybrid")
+KMS_FUSION = os.environ.get("KMS_FUSION", "weighted")
+KMS_RRF_K = env_int("KMS_RRF_K", 60)
+KMS_FUSION_BM25_WEIGHT = float(os.environ.get("KMS_FUSION_BM25_WEIGHT", "0.5"))
+KMS_CANDIDATES = env_int("KMS_CANDIDATES", 100)
+KMS_MAX_QUERY_CHARS = env_int("KMS_MAX_QUERY_CHARS", 2000)

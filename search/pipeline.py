@@ -23,6 +23,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from kms.store.models import Chunk, Document, DocumentVersion, Status
+from search import bm25_store
 from search.chunking import chunk_document, load_tokenizer
 from search.embedding import get_embedder, passage_text
 from search.parsing import Block, Page, ParsedDocument, ParseError, detect_media_type, parse
@@ -178,6 +179,13 @@ def finalize_versions(version_ids: Iterable[int]) -> list[int]:
             version.processed_at = timezone.now()
             version.save(update_fields=["status", "status_message", "processed_at"])
             _sync_document(version.document_id)
+    if ready:
+        domain_ids = set(
+            DocumentVersion.objects.filter(pk__in=ready).values_list(
+                "document__domain_id", flat=True
+            )
+        )
+        transaction.on_commit(lambda: bm25_store.schedule_refresh(domain_ids))
     return ready
 
 

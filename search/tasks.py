@@ -63,6 +63,17 @@ def embed_pending(version_ids: list[int] | None = None) -> int:
     return count
 
 
+@shared_task(autoretry_for=TRANSIENT_ERRORS, retry_backoff=2, max_retries=8, acks_late=True)
+def refresh_bm25(domain_id: int) -> int:
+    """Rebuild a domain's BM25 index from the database and publish it to every process."""
+    from kms.store.models import Domain
+    from search import bm25_store
+
+    bm25_store.clear_pending(domain_id)
+    domain = Domain.objects.filter(pk=domain_id).first()
+    return len(bm25_store.build_index(domain)) if domain else 0
+
+
 @shared_task(base=PipelineTask)
 def requeue_stalled() -> int:
     """Periodic: re-send versions left pending/processing (lost messages, dead brokers)."""

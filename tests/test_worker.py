@@ -9,6 +9,7 @@ from django.db import transaction
 
 from kms.store.models import Chunk, DocumentVersion, Domain, Status
 from search.ingest import add_document, wait_for_versions
+from search.retrieval import search
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
@@ -24,6 +25,29 @@ def test_saved_document_is_processed_by_a_worker_to_ready(worker_factory, domain
     assert version.status == Status.READY, version.status_message
     assert state.embedded == state.chunks == version.chunks.count() > 0
     assert version.document.current_version_id == version.pk
+
+
+def test_ready_document_becomes_findable_by_bm25_after_the_refresh_delay(
+    worker_factory, domain: Domain, settings, tmp_path
+) -> None:
+    settings.KMS_INDEX_DIR = tmp_path / "indexes"
+    worker_factory(KMS_BM25_REFRESH_SECONDS="1").start()
+    with transaction.atomic():  # BM25Okapi's idf is <= 0 for a term in half the documents
+        result = add_document(domain, source="hh.md", filename="hh.md", content=POLICY.encode())
+        others = [
+            add_document(domain, source=f"{name}.md", filename=f"{name}.md",
+                         content=f"# {name}\n\nReview {name} daily.\n".encode())
+            for name in ("falls", "sedation", "nutrition")
+        ]
+    wait_for_versions([result.version_id] + [o.version_id for o in others], timeout=120)
+    ready_at = time.monotonic()
+    while time.monotonic() - ready_at < 60:
+        if search("patient contact", domain=domain, mode="bm25").documents:
+            break
+        time.sleep(0.2)
+    hits = search("patient contact", domain=domain, mode="bm25").documents
+    assert [d.document_id for d in hits] == [result.document_id]
+    assert time.monotonic() - ready_at < 30  # documented: refresh delay + one build
 
 
 def test_bad_file_fails_on_the_worker_and_the_good_one_is_ready(worker_factory, domain):

@@ -1,0 +1,144 @@
+"""Per-domain BM25 indexes: built from PostgreSQL, versioned on disk, hot-reloaded.
+
+A build writes ``bm25-<version>.npz`` and then atomically replaces the ``CURRENT`` pointer
+beside it. Every web and worker process checks the pointer's stat on each query (a few
+microseconds) and loads the new version when it changed, so a rebuild reaches all processes
+without a restart. Builds are queued (debounced) when documents become ready; see
+``schedule_refresh``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from django.conf import settings
+from django.db.models import F, QuerySet
+
+from kms.store.models import Chunk, Domain
+from search.bm25 import FILE_PREFIX, BM25Index, BM25Params
+from search.embedding import passage_text
+from search.text_analysis import analyze
+
+logger = logging.getLogger(__name__)
+POINTER = "CURRENT"
+KEEP_VERSIONS = 2
+
+
+def index_dir(domain_slug: str) -> Path:
+    return Path(settings.KMS_INDEX_DIR) / "bm25" / domain_slug
+
+
+def params() -> BM25Params:
+    return BM25Params(settings.KMS_BM25_K1, settings.KMS_BM25_B, settings.KMS_BM25_EPSILON)
+
+
+def searchable_chunks(domain: Domain) -> QuerySet[Chunk]:
+    """Chunks of the version each document serves (its newest ready one)."""
+    return Chunk.objects.filter(
+        document__domain=domain, version_id=F("document__current_version_id")
+    )
+
+
+def bm25_text(title: str, heading: str, text: str) -> str:
+    """What BM25 indexes for a chunk: the same context the embedding sees."""
+    return passage_text(title, heading, text)
+
+
+def build_index(domain: Domain) -> BM25Index:
+    """Build, save and publish a new index version for ``domain``."""
+    rows = (
+        searchable_chunks(domain)
+        .order_by("pk")
+        .values_list("pk", "document__title", "heading", "text")
+        .iterator(chunk_size=5000)
+    )
+    ids: list[int] = []
+    tokens: list[list[str]] = []
+    for pk, title, heading, text in rows:
+        ids.append(pk)
+        tokens.append(analyze(bm25_text(title, heading, text)))
+    index = BM25Index.build(ids, tokens, params())
+    directory = index_dir(domain.slug)
+    path = index.save(directory)
+    _publish(directory, path)
+    logger.info("BM25 index %s for %s: %d chunks", index.version, domain.slug, len(index))
+    return index
+
+
+def _publish(directory: Path, path: Path) -> None:
+    tmp = directory / f".{POINTER}.{os.getpid()}.tmp"
+    tmp.write_text(path.name)
+    os.replace(tmp, directory / POINTER)
+    versions = sorted(directory.glob(f"{FILE_PREFIX}*"), key=lambda p: p.stat().st_mtime)
+    for old in versions[:-KEEP_VERSIONS]:
+        old.unlink(missing_ok=True)
+
+
+@dataclass
+class _Loaded:
+    stamp: tuple[int, int, int]
+    index: BM25Index
+
+
+_cache: dict[str, _Loaded] = {}
+_lock = threading.Lock()
+
+
+def current_index(domain_slug: str) -> BM25Index | None:
+    """The published index of a domain, reloaded when a rebuild replaced it; None if none."""
+    pointer = index_dir(domain_slug) / POINTER
+    try:
+        stat = pointer.stat()
+    except FileNotFoundError:
+        return None
+    stamp = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+    loaded = _cache.get(domain_slug)
+    if loaded is not None and loaded.stamp == stamp:
+        return loaded.index
+    with _lock:
+        loaded = _cache.get(domain_slug)
+        if loaded is None or loaded.stamp != stamp:
+            path = pointer.parent / pointer.read_text().strip()
+            loaded = _Loaded(stamp, BM25Index.load(path))
+            _cache[domain_slug] = loaded
+    return loaded.index
+
+
+def schedule_refresh(domain_ids: set[int]) -> None:
+    """Queue one rebuild per domain, at most one pending at a time (debounced).
+
+    The pending marker is cleared when the build starts, so documents that become ready
+    during a build trigger the next one: a ready document is findable by BM25 within
+    KMS_BM25_REFRESH_SECONDS plus one build (seconds for 10,000s of chunks).
+    """
+    import redis
+
+    from search.tasks import refresh_bm25
+
+    client = redis.Redis.from_url(_redis_py_url(settings.REDIS_URL))
+    delay = settings.KMS_BM25_REFRESH_SECONDS
+    for domain_id in domain_ids:
+        if client.set(pending_key(domain_id), "1", nx=True, ex=max(delay * 10, 600)):
+            refresh_bm25.apply_async((domain_id,), countdown=delay)
+
+
+def pending_key(domain_id: int) -> str:
+    """Namespaced by database, so installations (and test runs) sharing a Redis never clash."""
+    from django.db import connection
+
+    return f"kms:{connection.settings_dict['NAME']}:bm25-refresh-pending:{domain_id}"
+
+
+def clear_pending(domain_id: int) -> None:
+    import redis
+
+    redis.Redis.from_url(_redis_py_url(settings.REDIS_URL)).delete(pending_key(domain_id))
+
+
+def _redis_py_url(url: str) -> str:
+    """kombu's ``redis+socket://`` spelling as redis-py's ``unix://``."""
+    return "unix://" + url.removeprefix("redis+socket://") if url.startswith("redis+") else url

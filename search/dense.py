@@ -1,0 +1,32 @@
+"""Dense retrieval: cosine nearest neighbours of the query vector with pgvector HNSW.
+
+Filters (domain, access, dates...) are applied in the same SQL. pgvector 0.8's iterative
+index scans keep scanning the HNSW graph until enough rows pass them, so a selective filter
+does not starve the result (plain HNSW would stop after ``ef_search`` candidates).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from django.db import connection, transaction
+from django.db.models import Q
+from pgvector.django import CosineDistance
+
+from kms.store.models import Chunk
+
+
+def dense_search(
+    query_vector: np.ndarray, chunk_filter: Q, k: int, ef_search: int
+) -> list[tuple[int, float]]:
+    """(chunk id, cosine similarity) of the ``k`` nearest allowed chunks, best first."""
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute("SET LOCAL hnsw.ef_search = %s", [max(ef_search, k)])
+        cursor.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
+        rows = list(
+            Chunk.objects.filter(chunk_filter, embedding__isnull=False)
+            .annotate(distance=CosineDistance("embedding", query_vector))
+            .order_by("distance")
+            .values_list("pk", "distance")[:k]
+        )
+    # relaxed_order may return neighbours slightly out of order: sort exactly
+    return sorted(((pk, 1.0 - distance) for pk, distance in rows), key=lambda r: (-r[1], r[0]))
