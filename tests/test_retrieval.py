@@ -35,7 +35,7 @@ def corpus(domain: Domain, settings, tmp_path) -> dict[str, Group]:
     ids = []
     for name, text in TOPICS.items():
         group = [groups[owners[name]]] if name in owners else []
-        body = f"# {name.title()} guideline\n\n{text}\n\n## Notes\n\nApplies to {name} on all wards."
+        body = f"# {name.title()} guideline\n\n{text}\n\n## Notes\n\nApplies to {name} on wards."
         result = add_document(domain, source=f"{name}.md", filename=f"{name}.md",
                               content=body.encode(), access_groups=group, queue=False)
         ids.append(result.version_id)
@@ -100,7 +100,8 @@ def test_no_groups_sees_only_public_documents_and_superuser_sees_all(corpus) -> 
 
 def test_filters_restrict_documents_and_media_types(corpus) -> None:
     falls = Document.objects.get(source="falls.md")
-    response = search("patient", domain="healthcare", filters=SearchFilters(document_ids=(falls.pk,)))
+    only_falls = SearchFilters(document_ids=(falls.pk,))
+    response = search("patient", domain="healthcare", filters=only_falls)
     assert {d.document_id for d in response.documents} == {falls.pk}
     response = search("patient", domain="healthcare",
                       filters=SearchFilters(media_types=("application/pdf",)))
