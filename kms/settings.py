@@ -172,6 +172,10 @@ CELERY_BEAT_SCHEDULE = {
         "task": "search.tasks.requeue_stalled",
         "schedule": env_int("KMS_REQUEUE_EVERY_SECONDS", 300),
     },
+    "refresh-stale-bm25-indexes": {
+        "task": "search.tasks.refresh_stale_bm25",
+        "schedule": env_int("KMS_BM25_CHECK_EVERY_SECONDS", 120),
+    },
 }
 
 # Ingestion

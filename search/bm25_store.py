@@ -108,6 +108,29 @@ def current_index(domain_slug: str) -> BM25Index | None:
     return loaded.index
 
 
+def stale_domains() -> set[int]:
+    """Domains whose index is missing or older than their newest ready version.
+
+    Beat checks this periodically as a safety net for refreshes lost with a broker restart.
+    """
+    from django.db.models import Max
+
+    from kms.store.models import DocumentVersion, Status
+
+    stale = set()
+    newest = (
+        DocumentVersion.objects.filter(status=Status.READY)
+        .values("document__domain_id", "document__domain__slug")
+        .annotate(last=Max("processed_at"))
+    )
+    for row in newest:
+        pointer = index_dir(row["document__domain__slug"]) / POINTER
+        built = pointer.stat().st_mtime if pointer.exists() else None
+        if built is None or (row["last"] and row["last"].timestamp() > built):
+            stale.add(row["document__domain_id"])
+    return stale
+
+
 def schedule_refresh(domain_ids: set[int]) -> None:
     """Queue one rebuild per domain, at most one pending at a time (debounced).
 

@@ -74,6 +74,17 @@ def refresh_bm25(domain_id: int) -> int:
     return len(bm25_store.build_index(domain)) if domain else 0
 
 
+@shared_task
+def refresh_stale_bm25() -> int:
+    """Periodic: rebuild indexes that missed a refresh (lost message, restored backup)."""
+    from search import bm25_store
+
+    stale = bm25_store.stale_domains()
+    if stale:
+        bm25_store.schedule_refresh(stale)
+    return len(stale)
+
+
 @shared_task(base=PipelineTask)
 def requeue_stalled() -> int:
     """Periodic: re-send versions left pending/processing (lost messages, dead brokers)."""
