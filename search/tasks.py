@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 
+from amqp.exceptions import ChannelError
 from celery import Task, chain, shared_task
 from celery.signals import worker_process_init
 from django.conf import settings
@@ -99,10 +100,15 @@ def requeue_stalled() -> int:
 
 
 def _queue_length() -> int:
+    """Messages waiting in our queue; Redis drops an empty queue, which reads as 0."""
     app = requeue_stalled.app
     with app.connection_for_read() as conn:
-        queue = app.conf.task_default_queue
-        return conn.default_channel.queue_declare(queue, passive=True).message_count
+        try:
+            return conn.default_channel.queue_declare(
+                app.conf.task_default_queue, passive=True
+            ).message_count
+        except ChannelError:
+            return 0
 
 
 def process_versions(version_ids: list[int]) -> None:

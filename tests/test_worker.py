@@ -98,3 +98,25 @@ def test_worker_killed_mid_document_is_rerun_to_exactly_one_set_of_chunks(
     ordinals = sorted(version.chunks.values_list("ordinal", flat=True))
     assert ordinals == list(range(len(ordinals)))
     assert not version.chunks.filter(embedding__isnull=True).exists()
+
+
+def test_beat_jobs_requeue_lost_versions_and_rebuild_stale_indexes(
+    worker_factory, domain: Domain, settings, tmp_path
+) -> None:
+    """A version whose message was lost (queue empty, still pending) is sent again."""
+    from search.tasks import refresh_stale_bm25, requeue_stalled
+
+    settings.KMS_INDEX_DIR = tmp_path / "indexes"
+    settings.KMS_STALLED_AFTER_SECONDS = 0
+    with transaction.atomic():  # queue=False: as if the broker lost the message
+        lost = add_document(domain, source="lost.md", filename="lost.md",
+                            content=POLICY.encode(), queue=False)
+    assert requeue_stalled() == 1
+    worker_factory().start()
+    wait_for_versions([lost.version_id], timeout=120)
+    assert DocumentVersion.objects.get(pk=lost.version_id).status == Status.READY
+    assert refresh_stale_bm25() in (0, 1)  # the ready hook may have queued it already
+    deadline = time.monotonic() + 60
+    while refresh_stale_bm25() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert refresh_stale_bm25() == 0
