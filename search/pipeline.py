@@ -118,17 +118,18 @@ def chunk_versions(version_ids: Iterable[int]) -> list[int]:
     return chunked
 
 
-def embed_pending(batch_size: int | None = None, time_budget: float = 60.0) -> tuple[int, bool]:
+def embed_pending(claim_size: int | None = None, time_budget: float = 60.0) -> tuple[int, bool]:
     """Embed chunks that have no vector yet, batch by batch, for up to ``time_budget`` s.
 
-    Returns (chunks embedded, whether more are waiting). Rows are claimed with
+    Claims are larger than one forward pass so the model can sort texts by length and pad
+    little. Returns (chunks embedded, whether more are waiting). Rows are claimed with
     ``FOR UPDATE SKIP LOCKED`` so concurrent workers never embed the same chunk twice, and a
     worker that dies releases its claim with its connection.
     """
     from django.conf import settings
 
     embedder = get_embedder()
-    size = batch_size or settings.KMS_EMBED_BATCH_SIZE
+    size = claim_size or settings.KMS_EMBED_CLAIM_SIZE
     started = time.monotonic()
     total = 0
     while True:

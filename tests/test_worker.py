@@ -75,7 +75,7 @@ def test_worker_killed_mid_document_is_rerun_to_exactly_one_set_of_chunks(
     worker_factory, domain: Domain
 ) -> None:
     """SIGKILL the worker while it embeds; the redelivered task finishes the document."""
-    crashing = worker_factory(KMS_TASK_VISIBILITY_SECONDS="5", KMS_EMBED_BATCH_SIZE="8")
+    crashing = worker_factory(KMS_TASK_VISIBILITY_SECONDS="5", KMS_EMBED_CLAIM_SIZE="8")
     crashing.start(concurrency=1)
     with transaction.atomic():
         result = add_document(domain, source="ward.md", filename="ward.md",
