@@ -1,10 +1,12 @@
 """Per-domain BM25 indexes: built from PostgreSQL, versioned on disk, hot-reloaded.
 
-A build writes ``bm25-<version>.npz`` and then atomically replaces the ``CURRENT`` pointer
-beside it. Every web and worker process checks the pointer's stat on each query (a few
-microseconds) and loads the new version when it changed, so a rebuild reaches all processes
-without a restart. Builds are queued (debounced) when documents become ready; see
-``schedule_refresh``.
+Each domain has two: one over chunks (which passage of a document matches) and one over whole
+documents (which documents match: a whole document's term statistics rank documents better
+than its best chunk does). A build writes ``bm25-<version>.npz`` and then atomically
+replaces the ``CURRENT`` pointer beside it. Every web and worker process checks the pointer's
+stat on each query (a few microseconds) and loads the new version when it changed, so a
+rebuild reaches all processes without a restart. Builds are queued (debounced) when
+documents become ready; see ``schedule_refresh``.
 """
 
 from __future__ import annotations
@@ -14,11 +16,12 @@ import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from django.conf import settings
-from django.db.models import F, QuerySet
+from django.db.models import QuerySet
 
-from kms.store.models import Chunk, Domain
+from kms.store.models import Chunk, Document, Domain
 from search.bm25 import FILE_PREFIX, BM25Index, BM25Params
 from search.embedding import passage_text
 from search.text_analysis import analyze
@@ -28,8 +31,11 @@ POINTER = "CURRENT"
 KEEP_VERSIONS = 2
 
 
-def index_dir(domain_slug: str) -> Path:
-    return Path(settings.KMS_INDEX_DIR) / "bm25" / domain_slug
+Level = Literal["chunks", "documents"]
+
+
+def index_dir(domain_slug: str, level: Level = "chunks") -> Path:
+    return Path(settings.KMS_INDEX_DIR) / "bm25" / domain_slug / level
 
 
 def params() -> BM25Params:
@@ -38,9 +44,7 @@ def params() -> BM25Params:
 
 def searchable_chunks(domain: Domain) -> QuerySet[Chunk]:
     """Chunks of the version each document serves (its newest ready one)."""
-    return Chunk.objects.filter(
-        document__domain=domain, version_id=F("document__current_version_id")
-    )
+    return Chunk.objects.filter(domain=domain, is_current=True)
 
 
 def bm25_text(title: str, heading: str, text: str) -> str:
@@ -49,23 +53,39 @@ def bm25_text(title: str, heading: str, text: str) -> str:
 
 
 def build_index(domain: Domain) -> BM25Index:
-    """Build, save and publish a new index version for ``domain``."""
-    rows = (
+    """Build, save and publish new chunk and document indexes; returns the chunk index."""
+    chunk_rows = (
         searchable_chunks(domain)
         .order_by("pk")
         .values_list("pk", "document__title", "heading", "text")
         .iterator(chunk_size=5000)
     )
+    chunks = _build_and_publish(
+        domain, "chunks",
+        ((pk, bm25_text(title, heading, text)) for pk, title, heading, text in chunk_rows),
+    )
+    document_rows = (
+        Document.objects.filter(domain=domain, current_version__isnull=False)
+        .order_by("pk")
+        .values_list("pk", "title", "current_version__extracted_text")
+        .iterator(chunk_size=1000)
+    )
+    _build_and_publish(
+        domain, "documents", ((pk, f"{title}\n{text}") for pk, title, text in document_rows)
+    )
+    return chunks
+
+
+def _build_and_publish(domain: Domain, level: Level, rows) -> BM25Index:
     ids: list[int] = []
     tokens: list[list[str]] = []
-    for pk, title, heading, text in rows:
+    for pk, text in rows:
         ids.append(pk)
-        tokens.append(analyze(bm25_text(title, heading, text)))
+        tokens.append(analyze(text))
     index = BM25Index.build(ids, tokens, params())
-    directory = index_dir(domain.slug)
-    path = index.save(directory)
-    _publish(directory, path)
-    logger.info("BM25 index %s for %s: %d chunks", index.version, domain.slug, len(index))
+    directory = index_dir(domain.slug, level)
+    _publish(directory, index.save(directory))
+    logger.info("BM25 %s index %s for %s: %d", level, index.version, domain.slug, len(index))
     return index
 
 
@@ -84,27 +104,28 @@ class _Loaded:
     index: BM25Index
 
 
-_cache: dict[str, _Loaded] = {}
+_cache: dict[tuple[str, Level], _Loaded] = {}
 _lock = threading.Lock()
 
 
-def current_index(domain_slug: str) -> BM25Index | None:
+def current_index(domain_slug: str, level: Level = "chunks") -> BM25Index | None:
     """The published index of a domain, reloaded when a rebuild replaced it; None if none."""
-    pointer = index_dir(domain_slug) / POINTER
+    pointer = index_dir(domain_slug, level) / POINTER
     try:
         stat = pointer.stat()
     except FileNotFoundError:
         return None
     stamp = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
-    loaded = _cache.get(domain_slug)
+    key = (domain_slug, level)
+    loaded = _cache.get(key)
     if loaded is not None and loaded.stamp == stamp:
         return loaded.index
     with _lock:
-        loaded = _cache.get(domain_slug)
+        loaded = _cache.get(key)
         if loaded is None or loaded.stamp != stamp:
             path = pointer.parent / pointer.read_text().strip()
             loaded = _Loaded(stamp, BM25Index.load(path))
-            _cache[domain_slug] = loaded
+            _cache[key] = loaded
     return loaded.index
 
 

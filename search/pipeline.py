@@ -100,6 +100,7 @@ def chunk_versions(version_ids: Iterable[int]) -> list[int]:
                 Chunk(
                     document_id=version.document_id,
                     version_id=version.pk,
+                    domain_id=domain.pk,
                     ordinal=piece.ordinal,
                     text=piece.text,
                     start_offset=piece.start,
@@ -301,6 +302,11 @@ def _sync_document(document_id: int) -> None:
             f"Version {newest.number} failed: {newest.status_message} "
             f"Version {served.number} is still served."
         )
+    if document.current_version_id != (served.pk if served else None):
+        chunks = Chunk.objects.filter(document_id=document.pk)
+        chunks.filter(is_current=True).exclude(version=served).update(is_current=False)
+        if served is not None:
+            chunks.filter(version=served, is_current=False).update(is_current=True)
     document.current_version = served
     if served is not None:
         document.content_hash = served.content_hash

@@ -15,7 +15,7 @@ from typing import Literal
 
 import numpy as np
 from django.conf import settings
-from django.db.models import Exists, F, OuterRef, Q
+from django.db.models import Exists, OuterRef, Q
 
 from kms.store.models import Chunk, Document, Domain
 from search import bm25_store
@@ -86,7 +86,7 @@ class FusionOptions:
 
 @dataclass(frozen=True)
 class RankInfo:
-    rank: int  # 1-based, within the retriever's candidates
+    rank: int | None  # 1-based within the retriever's candidates; None: scored, not a candidate
     score: float
 
 
@@ -110,12 +110,16 @@ class ChunkHit:
 
 @dataclass
 class DocumentHit:
+    """A document, ranked by fusing document-level BM25 with its best chunk's similarity."""
+
     document_id: int
     title: str
     source: str
     version_id: int
     media_type: str
     score: float
+    bm25: RankInfo | None = None
+    dense: RankInfo | None = None
     chunks: list[ChunkHit] = field(default_factory=list)
 
 
@@ -165,65 +169,98 @@ def search(
             "The query has only very common words (like 'the' or 'of'); add a specific term.",
         )
     allowed = chunk_filter(domain, access, filters)
-    bm25_hits: list[tuple[int, float]] = []
-    dense_hits: list[tuple[int, float]] = []
-    index_version = None
+    bm25_chunks: list[tuple[int, float]] = []
+    bm25_documents: list[tuple[int, float]] = []
+    dense_chunks: list[tuple[int, float]] = []
+    chunk_index = None
     if mode in ("bm25", "hybrid"):
-        index = bm25_store.current_index(domain.slug)
-        if index is not None:
-            index_version = index.version
-            bm25_hits = _bm25_candidates(index, terms, allowed, filters, n)
+        chunk_index = bm25_store.current_index(domain.slug, "chunks")
+        document_index = bm25_store.current_index(domain.slug, "documents")
+        if chunk_index is not None and document_index is not None:
+            bm25_chunks = _bm25_candidates(
+                chunk_index, terms, Chunk.objects.filter(allowed), n,
+                narrow=bool(filters.document_ids),
+            )
+            bm25_documents = _bm25_candidates(
+                document_index, terms, Document.objects.filter(document_filter(allowed)), n,
+                narrow=bool(filters.document_ids),
+            )
     if mode in ("dense", "hybrid"):
         vector = get_embedder().encode([query])[0]
-        dense_hits = dense_search(vector, allowed, n, settings.KMS_HNSW_EF_SEARCH)
-    fused = _fuse(mode, bm25_hits, dense_hits, fusion)
-    documents = _group(fused, bm25_hits, dense_hits, set(terms), k, chunks_per_document)
+        dense_chunks = dense_search(vector, allowed, n, settings.KMS_HNSW_EF_SEARCH)
+    dense_documents = _best_chunk_per_document(dense_chunks)
+    documents = _fuse(mode, bm25_documents, dense_documents, fusion)[:k]
+    chunk_ranking = _fuse(mode, bm25_chunks, dense_chunks, fusion)
+    hits = _assemble(documents, chunk_ranking, bm25_chunks, dense_chunks, bm25_documents,
+                     dense_documents, chunk_index, terms, allowed, chunks_per_document)
     message = ""
-    if mode != "dense" and index_version is None:
+    if mode != "dense" and chunk_index is None:
         message = "The BM25 index of this domain is not built yet; keyword matches are missing."
-    return SearchResponse(query, mode, documents, _ms(started), message, index_version)
+    version = chunk_index.version if chunk_index is not None else None
+    return SearchResponse(query, mode, hits, _ms(started), message, version)
 
 
 def chunk_filter(domain: Domain, access: Access, filters: SearchFilters) -> Q:
-    """Chunks the user may see, of each document's served version, within the filters."""
-    q = Q(document__domain=domain, version_id=F("document__current_version_id"))
+    """Chunks the user may see, of each document's served version, within the filters.
+
+    Only chunk columns and correlated subqueries: a join here would lead the planner away
+    from the HNSW index.
+    """
+    q = Q(domain_id=domain.pk, is_current=True)
     if access.group_ids is not None:
         through = Document.access_groups.through
         restricted = through.objects.filter(document_id=OuterRef("document_id"))
         q &= ~Exists(restricted) | Exists(restricted.filter(group_id__in=access.group_ids))
     if filters.document_ids:
         q &= Q(document_id__in=filters.document_ids)
+    documents = Q()
     if filters.media_types:
-        q &= Q(document__media_type__in=filters.media_types)
+        documents &= Q(media_type__in=filters.media_types)
     if filters.updated_after:
-        q &= Q(document__updated_at__gte=filters.updated_after)
+        documents &= Q(updated_at__gte=filters.updated_after)
     if filters.updated_before:
-        q &= Q(document__updated_at__lte=filters.updated_before)
+        documents &= Q(updated_at__lte=filters.updated_before)
+    if documents:
+        q &= Exists(Document.objects.filter(documents, pk=OuterRef("document_id")))
     return q
 
 
-def _bm25_candidates(index, terms, allowed: Q, filters: SearchFilters, n: int):
-    """Top ``n`` allowed chunks by BM25: ask the index for more until enough pass the filter.
+def document_filter(allowed_chunks: Q) -> Q:
+    """Documents that have at least one chunk the user may see (same rules, one place)."""
+    return Q(Exists(Chunk.objects.filter(allowed_chunks, document_id=OuterRef("pk"))))
 
-    The index holds every chunk of the domain; the database decides what this user may see
-    (and drops chunks of versions replaced since the index was built).
+
+def _bm25_candidates(index, terms, allowed, n: int, narrow: bool) -> list[tuple[int, float]]:
+    """Top ``n`` allowed ids by BM25: ask the index for more until enough pass the filter.
+
+    The index holds everything of the domain; the database decides what this user may see
+    (and drops what was replaced since the index was built). A narrow filter (a few
+    documents) is turned into a mask up front instead.
     """
     mask = None
-    if filters.document_ids:  # narrow: ask the database which chunks, mask the index
-        ids = Chunk.objects.filter(allowed).values_list("pk", flat=True)
-        mask = np.isin(index.ids, np.fromiter(ids, dtype=np.int64))
+    if narrow:
+        mask = np.isin(index.ids, np.fromiter(allowed.values_list("pk", flat=True), np.int64))
     want = n * 2
     while True:
         hits = index.top_k(terms, want, mask=mask)
-        permitted = set(
-            Chunk.objects.filter(allowed, pk__in=[pk for pk, _ in hits]).values_list(
-                "pk", flat=True
-            )
-        )
+        permitted = set(allowed.filter(pk__in=[pk for pk, _ in hits]).values_list("pk", flat=True))
         kept = [(pk, score) for pk, score in hits if pk in permitted]
         if len(kept) >= n or len(hits) < want:
             return kept[:n]
         want *= 4
+
+
+def _best_chunk_per_document(dense_chunks: list[tuple[int, float]]) -> list[tuple[int, float]]:
+    """Documents ranked by their most similar chunk (the usual max-passage rule)."""
+    owners = dict(
+        Chunk.objects.filter(pk__in=[pk for pk, _ in dense_chunks]).values_list("pk", "document")
+    )
+    best: dict[int, float] = {}
+    for pk, score in dense_chunks:
+        document = owners.get(pk)
+        if document is not None and score > best.get(document, -2.0):
+            best[document] = score
+    return sorted(best.items(), key=lambda item: (-item[1], item[0]))
 
 
 def _fuse(mode, bm25_hits, dense_hits, fusion: FusionOptions) -> list[tuple[int, float]]:
@@ -242,42 +279,86 @@ def _fuse(mode, bm25_hits, dense_hits, fusion: FusionOptions) -> list[tuple[int,
     ))
 
 
-def _group(
-    fused: list[tuple[int, float]], bm25_hits, dense_hits, terms: set[str], k: int,
+def _assemble(
+    documents: list[tuple[int, float]], chunk_ranking: list[tuple[int, float]], bm25_chunks,
+    dense_chunks, bm25_documents, dense_documents, chunk_index, terms: list[str], allowed: Q,
     per_document: int,
 ) -> list[DocumentHit]:
-    """Documents ranked by their best chunk; up to ``per_document`` chunks each."""
-    bm25_rank = {pk: RankInfo(i, s) for i, (pk, s) in enumerate(bm25_hits, start=1)}
-    dense_rank = {pk: RankInfo(i, s) for i, (pk, s) in enumerate(dense_hits, start=1)}
+    """Ranked documents, each with its best chunks (by fused chunk score), each explained."""
+    chunk_bm25 = _ranks(bm25_chunks)
+    chunk_dense = _ranks(dense_chunks)
+    chunk_score = dict(chunk_ranking)
+    wanted = {doc for doc, _ in documents}
+    chosen: dict[int, list[int]] = {doc: [] for doc in wanted}
     rows = {
         row["pk"]: row
-        for row in Chunk.objects.filter(pk__in=[pk for pk, _ in fused]).values(
-            "pk", "document_id", "version_id", "ordinal", "text", "page", "page_end", "heading",
-            "start_offset", "end_offset", "document__title", "document__source",
-            "document__media_type",
+        for row in Chunk.objects.filter(pk__in=[pk for pk, _ in chunk_ranking]).values(
+            "pk", "document_id"
         )
     }
-    documents: dict[int, DocumentHit] = {}
-    for pk, score in fused:
-        row = rows.get(pk)
-        if row is None:  # deleted since it was found
+    for pk, _ in chunk_ranking:
+        document = rows.get(pk, {}).get("document_id")
+        if document in wanted and len(chosen[document]) < per_document:
+            chosen[document].append(pk)
+    missing = [doc for doc, pks in chosen.items() if not pks]
+    if missing and chunk_index is not None:  # found as a whole document, not by a chunk
+        for doc, pk, score in _best_bm25_chunks(chunk_index, terms, allowed, missing):
+            chosen[doc].append(pk)
+            chunk_bm25.setdefault(pk, RankInfo(None, score))
+            chunk_score.setdefault(pk, 0.0)
+    details = {
+        row["pk"]: row
+        for row in Chunk.objects.filter(pk__in=[pk for pks in chosen.values() for pk in pks])
+        .values("pk", "document_id", "version_id", "ordinal", "text", "page", "page_end",
+                "heading", "start_offset", "end_offset", "document__title",
+                "document__source", "document__media_type")
+    }
+    document_bm25 = _ranks(bm25_documents)
+    document_dense = _ranks(dense_documents)
+    hits = []
+    for doc, score in documents:
+        pks = [pk for pk in chosen[doc] if pk in details]
+        if not pks:  # deleted since it was found
             continue
-        document = documents.get(row["document_id"])
-        if document is None:
-            if len(documents) >= k:
-                continue
-            document = documents[row["document_id"]] = DocumentHit(
-                row["document_id"], row["document__title"], row["document__source"],
-                row["version_id"], row["document__media_type"], score,
-            )
-        if len(document.chunks) < per_document:
-            document.chunks.append(ChunkHit(
-                pk, row["document_id"], row["version_id"], row["ordinal"], row["text"],
-                snippet(row["text"], terms), row["page"], row["page_end"], row["heading"],
-                row["start_offset"], row["end_offset"], score, bm25_rank.get(pk),
-                dense_rank.get(pk),
-            ))
-    return list(documents.values())
+        first = details[pks[0]]
+        hits.append(DocumentHit(
+            doc, first["document__title"], first["document__source"], first["version_id"],
+            first["document__media_type"], score, document_bm25.get(doc),
+            document_dense.get(doc),
+            [_chunk_hit(details[pk], chunk_score[pk], chunk_bm25.get(pk), chunk_dense.get(pk),
+                        set(terms)) for pk in pks],
+        ))
+    return hits
+
+
+def _best_bm25_chunks(index, terms, allowed: Q, documents: list[int]):
+    """(document, chunk, score): each document's best chunk by chunk-level BM25."""
+    pairs = list(
+        Chunk.objects.filter(allowed, document_id__in=documents).values_list("pk", "document_id")
+    )
+    if not pairs:
+        return []
+    scores = index.scores(terms)
+    positions = np.searchsorted(index.ids, [pk for pk, _ in pairs])
+    best: dict[int, tuple[float, int]] = {}
+    for (pk, doc), position in zip(pairs, positions, strict=True):
+        in_index = position < len(index.ids) and index.ids[position] == pk
+        score = float(scores[position]) if in_index else 0.0
+        if doc not in best or score > best[doc][0]:
+            best[doc] = (score, pk)
+    return [(doc, pk, score) for doc, (score, pk) in best.items()]
+
+
+def _ranks(hits: list[tuple[int, float]]) -> dict[int, RankInfo]:
+    return {pk: RankInfo(rank, score) for rank, (pk, score) in enumerate(hits, start=1)}
+
+
+def _chunk_hit(row, score: float, bm25: RankInfo | None, dense: RankInfo | None, terms):
+    return ChunkHit(
+        row["pk"], row["document_id"], row["version_id"], row["ordinal"], row["text"],
+        snippet(row["text"], terms), row["page"], row["page_end"], row["heading"],
+        row["start_offset"], row["end_offset"], score, bm25, dense,
+    )
 
 
 def _check_query(query: str) -> str:

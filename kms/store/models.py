@@ -133,6 +133,12 @@ class Chunk(models.Model):
 
     document = models.ForeignKey(Document, on_delete=models.CASCADE, related_name="chunks")
     version = models.ForeignKey(DocumentVersion, on_delete=models.CASCADE, related_name="chunks")
+    # Copies of document facts, so search filters touch only this table and the planner can
+    # walk the HNSW index instead of joining first (kept in step by search.pipeline).
+    domain = models.ForeignKey(Domain, on_delete=models.CASCADE, related_name="+")
+    is_current = models.BooleanField(
+        default=False, help_text="Belongs to the version its document serves."
+    )
     ordinal = models.PositiveIntegerField()
     text = models.TextField()
     start_offset = models.PositiveIntegerField(help_text="Into the version's extracted text.")
@@ -161,6 +167,10 @@ class Chunk(models.Model):
             models.Index(
                 fields=["id"], name="chunk_pending_embedding",
                 condition=models.Q(embedding__isnull=True),
+            ),
+            models.Index(
+                fields=["domain", "document"], name="chunk_current_by_domain",
+                condition=models.Q(is_current=True),
             ),
         ]
 
