@@ -189,8 +189,8 @@ def search(
         vector = get_embedder().encode([query])[0]
         dense_chunks = dense_search(vector, allowed, n, settings.KMS_HNSW_EF_SEARCH)
     dense_documents = _best_chunk_per_document(dense_chunks)
-    documents = _fuse(mode, bm25_documents, dense_documents, fusion)[:k]
-    chunk_ranking = _fuse(mode, bm25_chunks, dense_chunks, fusion)
+    documents = fuse(mode, bm25_documents, dense_documents, fusion)[:k]
+    chunk_ranking = fuse(mode, bm25_chunks, dense_chunks, fusion)
     hits = _assemble(documents, chunk_ranking, bm25_chunks, dense_chunks, bm25_documents,
                      dense_documents, chunk_index, terms, allowed, chunks_per_document)
     message = ""
@@ -263,7 +263,8 @@ def _best_chunk_per_document(dense_chunks: list[tuple[int, float]]) -> list[tupl
     return sorted(best.items(), key=lambda item: (-item[1], item[0]))
 
 
-def _fuse(mode, bm25_hits, dense_hits, fusion: FusionOptions) -> list[tuple[int, float]]:
+def fuse(mode, bm25_hits, dense_hits, fusion: FusionOptions) -> list[tuple[int, float]]:
+    """One ranking from a mode's retrievers (also used to tune fusion offline)."""
     if mode == "bm25":
         return bm25_hits
     if mode == "dense":
