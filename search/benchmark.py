@@ -4,9 +4,10 @@ A benchmark domain is grown to a target number of searchable chunks by replicati
 of a real domain (e.g. SciFact in ``healthcare``): each replica is a new document and version
 whose chunks keep the original texts and get the original embedding plus a little Gaussian
 noise, so the HNSW graph and the BM25 postings look like a real corpus of that size instead of
-exact duplicates. Queries then go through the same ``search()`` the portal uses, timed
-wall-clock including the query embedding, and the BM25 serving path is compared with
-rank-bm25 on the very token lists the published index was built from.
+exact duplicates. Versions copy the original extracted text too, because the document-level
+BM25 index is built from it. Queries then go through the same ``search()`` the portal uses,
+timed wall-clock including the query embedding, and the BM25 serving path is compared with
+rank-bm25 on the very token lists the published chunk index was built from.
 """
 
 from __future__ import annotations
@@ -60,8 +61,10 @@ class Growth:
     added_chunks: int
     added_documents: int
     source_chunks: int
-    seconds: float
+    seconds: float  # inserting the replicas (the HNSW index updates on every insert)
     reused: bool
+    dropped_chunks: int = 0
+    drop_seconds: float = 0.0
 
     @property
     def chunks_per_second(self) -> float:
@@ -95,6 +98,7 @@ class RankBM25Comparison:
 @dataclass
 class BenchReport:
     growth: Growth
+    settle_s: float
     bm25_build_s: float
     index: dict[str, int | str]
     latency: dict[str, Latency]
@@ -111,6 +115,8 @@ class _SourceDocument:
     title: str
     media_type: str
     content_hash: str
+    extracted_text: str
+    page_count: int | None
     chunks: list[dict]
     vectors: np.ndarray  # one unit-length row per chunk
 
@@ -132,7 +138,7 @@ def searchable_count(domain: Domain) -> int:
 def drop_documents(domain: Domain) -> int:
     """Delete every document of ``domain`` (chunks first: one set-based DELETE each)."""
     with transaction.atomic():
-        deleted, _ = Chunk.objects.filter(document__domain=domain).delete()
+        deleted, _ = Chunk.objects.filter(domain=domain).delete()
         Document.objects.filter(domain=domain).update(current_version=None)
         DocumentVersion.objects.filter(document__domain=domain).delete()
         Document.objects.filter(domain=domain).delete()
@@ -160,18 +166,19 @@ def grow_domain(
         raise BenchmarkError("--size must be at least 1.")
     if domain == source_domain:
         raise BenchmarkError("The benchmark domain must differ from the source domain.")
-    started = time.perf_counter()
     target, _ = Domain.objects.get_or_create(
         slug=domain,
         defaults={"name": domain.title(), "description": "Synthetic corpus of bench_search."},
     )
-    if drop:
-        drop_documents(target)
+    started = time.perf_counter()
+    dropped = drop_documents(target) if drop else 0
+    drop_seconds = time.perf_counter() - started
+    started = time.perf_counter()
     existing = searchable_count(target)
     if existing >= size:
         return Growth(
             domain, existing, Document.objects.filter(domain=target).count(), 0, 0, 0,
-            time.perf_counter() - started, True,
+            time.perf_counter() - started, True, dropped, drop_seconds,
         )
     source = Domain.objects.filter(slug=source_domain).first()
     if source is None:
@@ -202,7 +209,7 @@ def grow_domain(
     return Growth(
         domain, searchable_count(target), Document.objects.filter(domain=target).count(),
         added_chunks, added_documents, sum(len(d.chunks) for d in documents),
-        time.perf_counter() - started, False,
+        time.perf_counter() - started, False, dropped, drop_seconds,
     )
 
 
@@ -227,25 +234,35 @@ def _load_source(source: Domain) -> list[_SourceDocument]:
         .filter(embedding__isnull=False)
         .order_by("document_id", "ordinal")
         .values(
-            "document_id", "document__title", "document__media_type", "document__content_hash",
-            "ordinal", "text", "start_offset", "end_offset", "page", "page_end", "heading",
-            "token_count", "embedding", "embedding_model",
+            "document_id", "version_id", "document__title", "document__media_type",
+            "document__content_hash", "ordinal", "text", "start_offset", "end_offset", "page",
+            "page_end", "heading", "token_count", "embedding", "embedding_model",
         )
         .iterator(chunk_size=2000)
     )
     documents: list[_SourceDocument] = []
+    versions: list[int] = []
     vectors: list[np.ndarray] = []
     for row in rows:
         if not documents or documents[-1].pk != row["document_id"]:
             _close(documents, vectors)
             documents.append(_SourceDocument(
                 row["document_id"], row["document__title"], row["document__media_type"],
-                row["document__content_hash"], [], np.empty(0),
+                row["document__content_hash"], "", None, [], np.empty(0),
             ))
+            versions.append(row["version_id"])
             vectors = []
         vectors.append(np.asarray(row.pop("embedding"), dtype=np.float32))
         documents[-1].chunks.append(row)
     _close(documents, vectors)
+    texts = {
+        pk: (text, pages)
+        for pk, text, pages in DocumentVersion.objects.filter(pk__in=versions).values_list(
+            "pk", "extracted_text", "page_count"
+        )
+    }
+    for document, version in zip(documents, versions, strict=True):
+        document.extracted_text, document.page_count = texts[version]
     return documents
 
 
@@ -274,8 +291,9 @@ def _insert(
             DocumentVersion(
                 document=document, number=1, filename=f"{document.source}.txt",
                 content_hash=document.content_hash,
-                size_bytes=sum(len(c["text"]) for c in source.chunks[:take]),
+                size_bytes=len(source.extracted_text.encode()),
                 media_type=source.media_type, status=Status.READY, processed_at=now,
+                extracted_text=source.extracted_text, page_count=source.page_count,
             )
             for document, (_, source, take) in zip(documents, batch, strict=True)
         ])
@@ -287,7 +305,8 @@ def _insert(
             for row, vector in zip(source.chunks[:take], _jitter(source.vectors[:take], rng,
                                                                   noise), strict=True):
                 chunks.append(Chunk(
-                    document=document, version=version, ordinal=row["ordinal"],
+                    document=document, version=version, domain=target, is_current=True,
+                    ordinal=row["ordinal"],
                     text=row["text"], start_offset=row["start_offset"],
                     end_offset=row["end_offset"], page=row["page"], page_end=row["page_end"],
                     heading=row["heading"], token_count=row["token_count"], embedding=vector,
@@ -301,6 +320,22 @@ def _jitter(vectors: np.ndarray, rng: np.random.Generator, noise: float) -> np.n
     noisy = vectors + rng.normal(0.0, noise, vectors.shape).astype(np.float32)
     norms = np.linalg.norm(noisy, axis=1, keepdims=True)
     return noisy / np.where(norms > 0, norms, 1.0)
+
+
+def settle() -> float:
+    """VACUUM ANALYZE the store tables; returns seconds.
+
+    After a bulk growth the planner needs statistics, and after ``--drop`` the HNSW index
+    holds 100k dead entries: left to autovacuum, that cleanup runs in the middle of the timed
+    queries on a 2-core machine. Inside a transaction (tests) only ANALYZE is possible.
+    """
+    started = time.perf_counter()
+    tables = [model._meta.db_table for model in (Chunk, Document, DocumentVersion)]
+    command = "ANALYZE" if connection.in_atomic_block else "VACUUM (ANALYZE)"
+    with connection.cursor() as cursor:
+        for table in tables:
+            cursor.execute(f"{command} {connection.ops.quote_name(table)}")
+    return time.perf_counter() - started
 
 
 # --- queries and latency --------------------------------------------------------------------
@@ -456,6 +491,9 @@ def run_benchmark(
         raise BenchmarkError(f"No queries file at {queries_file}.")
     growth = grow_domain(size, domain=domain, source_domain=source_domain, drop=drop,
                          seed=seed, progress=progress)
+    if growth.dropped_chunks:
+        echo(f"Dropped {growth.dropped_chunks:,} chunks of {domain!r} in "
+             f"{growth.drop_seconds:.1f} s.")
     if growth.reused:
         echo(f"Reusing domain {domain!r}: {growth.chunks:,} searchable chunks.")
     else:
@@ -463,12 +501,16 @@ def run_benchmark(
              f"({growth.added_documents:,} documents) to {growth.chunks:,} in "
              f"{growth.seconds:.1f} s = {growth.chunks_per_second:,.0f} chunks/s.")
     target = Domain.objects.get(slug=domain)
+    settle_s = settle()
+    echo(f"VACUUM/ANALYZE of the store tables: {settle_s:.1f} s.")
 
     started = time.perf_counter()
     index = bm25_store.build_index(target)
     bm25_build_s = time.perf_counter() - started
-    echo(f"Built BM25 index {index.version}: {len(index):,} chunks, "
-         f"{len(index.vocabulary):,} terms in {bm25_build_s:.1f} s.")
+    documents_index = bm25_store.current_index(domain, "documents")
+    echo(f"Built BM25 indexes {index.version}: {len(index):,} chunks, "
+         f"{len(index.vocabulary):,} terms (and "
+         f"{len(documents_index) if documents_index else 0:,} documents) in {bm25_build_s:.1f} s.")
 
     texts = load_queries(queries, path=queries_file, domain=target, seed=seed)
     echo(f"Timing {len(texts)} queries per mode "
@@ -484,9 +526,11 @@ def run_benchmark(
         comparison = compare_rank_bm25(index, ids, corpus, texts[:rank_bm25_queries])
     return BenchReport(
         growth=growth,
+        settle_s=settle_s,
         bm25_build_s=bm25_build_s,
         index={"version": index.version, "chunks": len(index),
-               "terms": len(index.vocabulary), "postings": int(index.matrix.nnz)},
+               "terms": len(index.vocabulary), "postings": int(index.matrix.nnz),
+               "documents": len(documents_index) if documents_index else 0},
         latency=latency,
         rank_bm25=comparison,
         settings=run_settings(k, len(texts), queries_file),
@@ -521,8 +565,9 @@ def format_table(report: BenchReport) -> str:
         f"{growth.documents:,} documents"
         + (" (reused)" if growth.reused else
            f" (grown by {growth.added_chunks:,} in {growth.seconds:.1f} s)"),
-        f"BM25 index: {report.index['terms']:,} terms, {report.index['postings']:,} postings, "
-        f"built in {report.bm25_build_s:.1f} s",
+        f"BM25 chunk index: {report.index['terms']:,} terms, {report.index['postings']:,} "
+        f"postings; document index: {report.index['documents']:,} documents; both built in "
+        f"{report.bm25_build_s:.1f} s",
         "",
         f"{'mode':<8} {'queries':>7} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} "
         f"{'mean ms':>8} {'max ms':>8} {'empty':>6}",

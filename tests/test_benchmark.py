@@ -74,13 +74,15 @@ def test_growth_reaches_the_size_copies_texts_and_is_idempotent(source: Domain) 
     bench = Domain.objects.get(slug="bench")
     originals = {
         (c.document.title, c.ordinal): c
-        for c in Chunk.objects.filter(document__domain=source).select_related("document")
+        for c in Chunk.objects.filter(domain=source).select_related("document", "version")
     }
-    copies = bm25_store.searchable_chunks(bench).select_related("document")
+    copies = bm25_store.searchable_chunks(bench).select_related("document", "version")
     for copy in copies[:50]:
         word, title = copy.document.title.split(": ", 1)
         original = originals[(title, copy.ordinal)]
         assert copy.text == original.text and word.isalpha()
+        assert copy.version.extracted_text == original.version.extracted_text
+        assert copy.document.current_version_id == copy.version_id
         vector = np.asarray(copy.embedding)
         assert abs(np.linalg.norm(vector) - 1) < 1e-4
         assert 0.9 < float(vector @ np.asarray(original.embedding)) < 1.0
@@ -112,6 +114,7 @@ def test_small_run_times_every_mode_and_matches_rank_bm25(source: Domain) -> Non
         rank_bm25_queries=12, progress=False, echo=lambda _: None,
     )
     assert report.growth.chunks == 300 and report.index["chunks"] == 300
+    assert report.index["documents"] == Document.objects.filter(domain__slug="bench").count()
     assert set(report.latency) == {"bm25", "dense", "hybrid"}
     for latency in report.latency.values():
         assert latency.queries == 12 and latency.empty == 0
