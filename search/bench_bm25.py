@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from rank_bm25 import BM25Okapi
@@ -73,59 +74,67 @@ def reference_top_k(scores: np.ndarray, ids: Sequence[int], k: int) -> list[int]
     return [ids[i] for i in order.tolist()]
 
 
-def compare_with_rank_bm25(
-    n_docs: int, n_queries: int, seed: int, params: BM25Params | None = None
-) -> dict:
-    """Time rank-bm25 (get_scores + argsort) vs ``BM25Index.top_k`` for top-100 per query.
+@dataclass(frozen=True)
+class RankBM25Comparison:
+    queries: int
+    k: int
+    rank_bm25_ms: float
+    bm25_index_ms: float
+    speedup: float
+    identical: bool  # every top-k id list equal, in order
+    scores_identical: bool  # and the scores behind them bit-for-bit equal
+    rank_bm25_build_s: float
 
-    Returns mean milliseconds per query for each, the speed ratio and whether every top-100
-    id list (and the scores behind it) is identical.
+
+def compare_rank_bm25(
+    index: BM25Index, corpus: Sequence[Sequence[str]], queries: Sequence[Sequence[str]],
+    k: int = 100,
+) -> RankBM25Comparison:
+    """Time ``BM25Okapi.get_scores`` + top-k against ``BM25Index.top_k`` on the same tokens.
+
+    ``corpus`` must be the token lists ``index`` was built from, in its id order.
     """
-    params = params or BM25Params()
-    k = 100
-    corpus = synthetic_corpus(n_docs, seed)
-    queries = synthetic_queries(n_queries, seed + 1)
-    ids = list(range(1_000_000, 1_000_000 + n_docs))
-
+    ids = index.ids.tolist()
+    params = index.params
     started = time.perf_counter()
     reference = BM25Okapi(corpus, k1=params.k1, b=params.b, epsilon=params.epsilon)
-    reference_build_s = time.perf_counter() - started
+    build_s = time.perf_counter() - started
+
+    expected: list[tuple[list[int], np.ndarray]] = []
     started = time.perf_counter()
-    index = BM25Index.build(ids, corpus, params)
-    index_build_s = time.perf_counter() - started
+    for terms in queries:
+        scores = reference.get_scores(terms)
+        expected.append((reference_top_k(scores, ids, k), scores))
+    reference_ms = (time.perf_counter() - started) * 1000 / max(len(queries), 1)
 
-    reference_results: list[tuple[list[int], np.ndarray]] = []
+    served: list[list[tuple[int, float]]] = []
     started = time.perf_counter()
-    for query in queries:
-        scores = reference.get_scores(query)
-        reference_results.append((reference_top_k(scores, ids, k), scores))
-    reference_ms = (time.perf_counter() - started) * 1000 / n_queries
+    for terms in queries:
+        served.append(index.top_k(terms, k))
+    index_ms = (time.perf_counter() - started) * 1000 / max(len(queries), 1)
 
-    index_results: list[list[tuple[int, float]]] = []
-    started = time.perf_counter()
-    for query in queries:
-        index_results.append(index.top_k(query, k))
-    index_ms = (time.perf_counter() - started) * 1000 / n_queries
+    position = {doc_id: i for i, doc_id in enumerate(ids)}
+    identical = scores_identical = True
+    for (want_ids, want_scores), hits in zip(expected, served, strict=True):
+        got_ids = [doc_id for doc_id, _ in hits]
+        if got_ids != want_ids:
+            identical = scores_identical = False
+            continue
+        at = np.array([position[doc_id] for doc_id in got_ids], dtype=np.int64)
+        got_scores = np.array([score for _, score in hits], dtype=np.float64)
+        if not np.array_equal(got_scores, want_scores[at]):
+            scores_identical = False
+    return RankBM25Comparison(
+        len(queries), k, reference_ms, index_ms,
+        reference_ms / index_ms if index_ms else float("inf"), identical, scores_identical,
+        build_s,
+    )
 
-    identical = True
-    for (ref_ids, ref_scores), hits in zip(reference_results, index_results, strict=True):
-        hit_ids = [doc_id for doc_id, _ in hits]
-        hit_scores = np.array([score for _, score in hits])
-        positions = np.array([doc_id - ids[0] for doc_id in ref_ids], dtype=np.int64)
-        if hit_ids != ref_ids or not np.array_equal(hit_scores, ref_scores[positions]):
-            identical = False
 
-    return {
-        "n_docs": n_docs,
-        "n_queries": n_queries,
-        "seed": seed,
-        "k": k,
-        "rank_bm25_ms_per_query": reference_ms,
-        "bm25_index_ms_per_query": index_ms,
-        "speedup": reference_ms / index_ms if index_ms else float("inf"),
-        "identical": identical,
-        "rank_bm25_build_s": reference_build_s,
-        "bm25_index_build_s": index_build_s,
-        "n_terms": len(index.vocabulary),
-        "n_postings": int(index.matrix.nnz),
-    }
+def compare_with_rank_bm25(
+    n_docs: int, n_queries: int, seed: int, params: BM25Params | None = None
+) -> RankBM25Comparison:
+    """The comparison on a synthetic Zipfian corpus (no database needed)."""
+    corpus = synthetic_corpus(n_docs, seed)
+    index = BM25Index.build(range(1_000_000, 1_000_000 + n_docs), corpus, params or BM25Params())
+    return compare_rank_bm25(index, corpus, synthetic_queries(n_queries, seed + 1))

@@ -27,12 +27,11 @@ import numpy as np
 from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
-from rank_bm25 import BM25Okapi
 from tqdm import tqdm
 
 from kms.store.models import Chunk, Document, DocumentVersion, Domain, Status
 from search import bm25_store
-from search.bench_bm25 import reference_top_k
+from search.bench_bm25 import RankBM25Comparison, compare_rank_bm25
 from search.bm25 import BM25Index
 from search.retrieval import MODES, FusionOptions, search
 from search.text_analysis import analyze
@@ -81,18 +80,6 @@ class Latency:
     mean_ms: float
     max_ms: float
     empty: int  # queries that returned no document
-
-
-@dataclass(frozen=True)
-class RankBM25Comparison:
-    queries: int
-    k: int
-    rank_bm25_ms: float
-    bm25_index_ms: float
-    speedup: float
-    identical: bool  # every top-k id list equal, in order
-    scores_identical: bool  # and the scores behind them bit-for-bit equal
-    rank_bm25_build_s: float
 
 
 @dataclass
@@ -401,67 +388,12 @@ def measure_latency(
 # --- BM25Index vs rank-bm25 -----------------------------------------------------------------
 
 
-def index_corpus(domain: Domain) -> tuple[list[int], list[list[str]]]:
-    """The (ids, token lists) ``bm25_store.build_index`` indexes, rebuilt the same way."""
-    ids: list[int] = []
-    tokens: list[list[str]] = []
-    rows = (
-        bm25_store.searchable_chunks(domain)
-        .order_by("pk")
-        .values_list("pk", "document__title", "heading", "text")
-        .iterator(chunk_size=5000)
-    )
-    for pk, title, heading, text in rows:
-        ids.append(pk)
-        tokens.append(analyze(bm25_store.bm25_text(title, heading, text)))
-    return ids, tokens
-
-
-def compare_rank_bm25(
-    index: BM25Index, ids: Sequence[int], corpus: Sequence[Sequence[str]],
-    queries: Sequence[str], k: int = 100,
-) -> RankBM25Comparison:
-    """Time ``BM25Okapi.get_scores`` + top-k against ``BM25Index.top_k`` on the same corpus.
-
-    rank-bm25's scores are ranked like ``top_k`` (score > 0, score desc, position asc).
-    """
-    if list(ids) != index.ids.tolist():
+def index_corpus(domain: Domain, index: BM25Index) -> list[list[str]]:
+    """The token lists ``index`` was built from, rebuilt as ``bm25_store`` builds them."""
+    rows = list(bm25_store.chunk_texts(domain))
+    if [pk for pk, _ in rows] != index.ids.tolist():
         raise BenchmarkError("The domain changed after its BM25 index was built; run again.")
-    tokenized = [analyze(q) for q in queries]
-    params = index.params
-    started = time.perf_counter()
-    reference = BM25Okapi(corpus, k1=params.k1, b=params.b, epsilon=params.epsilon)
-    build_s = time.perf_counter() - started
-
-    expected: list[tuple[list[int], np.ndarray]] = []
-    started = time.perf_counter()
-    for terms in tokenized:
-        scores = reference.get_scores(terms)
-        expected.append((reference_top_k(scores, ids, k), scores))
-    reference_ms = (time.perf_counter() - started) * 1000 / max(len(tokenized), 1)
-
-    served: list[list[tuple[int, float]]] = []
-    started = time.perf_counter()
-    for terms in tokenized:
-        served.append(index.top_k(terms, k))
-    index_ms = (time.perf_counter() - started) * 1000 / max(len(tokenized), 1)
-
-    position = {doc_id: i for i, doc_id in enumerate(ids)}
-    identical = scores_identical = True
-    for (want_ids, want_scores), hits in zip(expected, served, strict=True):
-        got_ids = [doc_id for doc_id, _ in hits]
-        if got_ids != want_ids:
-            identical = scores_identical = False
-            continue
-        at = np.array([position[doc_id] for doc_id in got_ids], dtype=np.int64)
-        got_scores = np.array([score for _, score in hits], dtype=np.float64)
-        if not np.array_equal(got_scores, want_scores[at]):
-            scores_identical = False
-    return RankBM25Comparison(
-        len(tokenized), k, reference_ms, index_ms,
-        reference_ms / index_ms if index_ms else float("inf"), identical, scores_identical,
-        build_s,
-    )
+    return [analyze(text) for _, text in rows]
 
 
 # --- the whole run --------------------------------------------------------------------------
@@ -522,8 +454,9 @@ def run_benchmark(
     comparison = None
     if rank_bm25_queries > 0:
         echo(f"Comparing with rank_bm25.BM25Okapi on {rank_bm25_queries} queries...")
-        ids, corpus = index_corpus(target)
-        comparison = compare_rank_bm25(index, ids, corpus, texts[:rank_bm25_queries])
+        comparison = compare_rank_bm25(
+            index, index_corpus(target, index), [analyze(q) for q in texts[:rank_bm25_queries]]
+        )
     return BenchReport(
         growth=growth,
         settle_s=settle_s,

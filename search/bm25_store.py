@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -52,18 +53,21 @@ def bm25_text(title: str, heading: str, text: str) -> str:
     return passage_text(title, heading, text)
 
 
-def build_index(domain: Domain) -> BM25Index:
-    """Build, save and publish new chunk and document indexes; returns the chunk index."""
-    chunk_rows = (
+def chunk_texts(domain: Domain) -> Iterator[tuple[int, str]]:
+    """(chunk id, indexed text) of the domain's searchable chunks, in id order."""
+    rows = (
         searchable_chunks(domain)
         .order_by("pk")
         .values_list("pk", "document__title", "heading", "text")
         .iterator(chunk_size=5000)
     )
-    chunks = _build_and_publish(
-        domain, "chunks",
-        ((pk, bm25_text(title, heading, text)) for pk, title, heading, text in chunk_rows),
-    )
+    for pk, title, heading, text in rows:
+        yield pk, bm25_text(title, heading, text)
+
+
+def build_index(domain: Domain) -> BM25Index:
+    """Build, save and publish new chunk and document indexes; returns the chunk index."""
+    chunks = _build_and_publish(domain, "chunks", chunk_texts(domain))
     document_rows = (
         Document.objects.filter(domain=domain, current_version__isnull=False)
         .order_by("pk")

@@ -17,8 +17,8 @@ from kms.store.models import Chunk
 
 def dense_search(
     query_vector: np.ndarray, chunk_filter: Q, k: int, ef_search: int
-) -> list[tuple[int, float]]:
-    """(chunk id, cosine similarity) of the ``k`` nearest allowed chunks, best first."""
+) -> list[tuple[int, int, float]]:
+    """(chunk id, document id, cosine similarity) of the ``k`` nearest allowed chunks."""
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute("SET LOCAL hnsw.ef_search = %s", [max(ef_search, k)])
         cursor.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
@@ -26,7 +26,10 @@ def dense_search(
             Chunk.objects.filter(chunk_filter, embedding__isnull=False)
             .annotate(distance=CosineDistance("embedding", query_vector))
             .order_by("distance")
-            .values_list("pk", "distance")[:k]
+            .values_list("pk", "document_id", "distance")[:k]
         )
     # relaxed_order may return neighbours slightly out of order: sort exactly
-    return sorted(((pk, 1.0 - distance) for pk, distance in rows), key=lambda r: (-r[1], r[0]))
+    return sorted(
+        ((pk, document, 1.0 - distance) for pk, document, distance in rows),
+        key=lambda row: (-row[2], row[0]),
+    )

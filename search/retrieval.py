@@ -173,25 +173,30 @@ def search(
     bm25_documents: list[tuple[int, float]] = []
     dense_chunks: list[tuple[int, float]] = []
     chunk_index = None
+    owners: dict[int, int] = {}  # chunk id -> document id, filled as candidates are found
     if mode in ("bm25", "hybrid"):
         chunk_index = bm25_store.current_index(domain.slug, "chunks")
         document_index = bm25_store.current_index(domain.slug, "documents")
         if chunk_index is not None and document_index is not None:
             bm25_chunks = _bm25_candidates(
-                chunk_index, terms, Chunk.objects.filter(allowed), n,
-                narrow=bool(filters.document_ids),
+                chunk_index, terms, Chunk.objects.filter(allowed), "document_id", n,
+                bool(filters.document_ids), owners,
             )
             bm25_documents = _bm25_candidates(
-                document_index, terms, Document.objects.filter(document_filter(allowed)), n,
-                narrow=bool(filters.document_ids),
+                document_index, terms, Document.objects.filter(document_filter(allowed)), "pk",
+                n, bool(filters.document_ids), {},
             )
     if mode in ("dense", "hybrid"):
         vector = get_embedder().encode([query])[0]
-        dense_chunks = dense_search(vector, allowed, n, settings.KMS_HNSW_EF_SEARCH)
-    dense_documents = _best_chunk_per_document(dense_chunks)
+        for pk, document, similarity in dense_search(
+            vector, allowed, n, settings.KMS_HNSW_EF_SEARCH
+        ):
+            dense_chunks.append((pk, similarity))
+            owners[pk] = document
+    dense_documents = _best_chunk_per_document(dense_chunks, owners)
     documents = fuse(mode, bm25_documents, dense_documents, fusion)[:k]
     chunk_ranking = fuse(mode, bm25_chunks, dense_chunks, fusion)
-    hits = _assemble(documents, chunk_ranking, bm25_chunks, dense_chunks, bm25_documents,
+    hits = _assemble(documents, chunk_ranking, owners, bm25_chunks, dense_chunks, bm25_documents,
                      dense_documents, chunk_index, terms, allowed, chunks_per_document)
     message = ""
     if mode != "dense" and chunk_index is None:
@@ -230,7 +235,9 @@ def document_filter(allowed_chunks: Q) -> Q:
     return Q(Exists(Chunk.objects.filter(allowed_chunks, document_id=OuterRef("pk"))))
 
 
-def _bm25_candidates(index, terms, allowed, n: int, narrow: bool) -> list[tuple[int, float]]:
+def _bm25_candidates(
+    index, terms, allowed, owner_field: str, n: int, narrow: bool, owners: dict[int, int]
+) -> list[tuple[int, float]]:
     """Top ``n`` allowed ids by BM25: ask the index for more until enough pass the filter.
 
     The index holds everything of the domain; the database decides what this user may see
@@ -243,18 +250,20 @@ def _bm25_candidates(index, terms, allowed, n: int, narrow: bool) -> list[tuple[
     want = n * 2
     while True:
         hits = index.top_k(terms, want, mask=mask)
-        permitted = set(allowed.filter(pk__in=[pk for pk, _ in hits]).values_list("pk", flat=True))
+        permitted = dict(
+            allowed.filter(pk__in=[pk for pk, _ in hits]).values_list("pk", owner_field)
+        )
+        owners.update(permitted)
         kept = [(pk, score) for pk, score in hits if pk in permitted]
         if len(kept) >= n or len(hits) < want:
             return kept[:n]
         want *= 4
 
 
-def _best_chunk_per_document(dense_chunks: list[tuple[int, float]]) -> list[tuple[int, float]]:
+def _best_chunk_per_document(
+    dense_chunks: list[tuple[int, float]], owners: dict[int, int]
+) -> list[tuple[int, float]]:
     """Documents ranked by their most similar chunk (the usual max-passage rule)."""
-    owners = dict(
-        Chunk.objects.filter(pk__in=[pk for pk, _ in dense_chunks]).values_list("pk", "document")
-    )
     best: dict[int, float] = {}
     for pk, score in dense_chunks:
         document = owners.get(pk)
@@ -281,7 +290,8 @@ def fuse(mode, bm25_hits, dense_hits, fusion: FusionOptions) -> list[tuple[int, 
 
 
 def _assemble(
-    documents: list[tuple[int, float]], chunk_ranking: list[tuple[int, float]], bm25_chunks,
+    documents: list[tuple[int, float]], chunk_ranking: list[tuple[int, float]],
+    owners: dict[int, int], bm25_chunks,
     dense_chunks, bm25_documents, dense_documents, chunk_index, terms: list[str], allowed: Q,
     per_document: int,
 ) -> list[DocumentHit]:
@@ -291,14 +301,8 @@ def _assemble(
     chunk_score = dict(chunk_ranking)
     wanted = {doc for doc, _ in documents}
     chosen: dict[int, list[int]] = {doc: [] for doc in wanted}
-    rows = {
-        row["pk"]: row
-        for row in Chunk.objects.filter(pk__in=[pk for pk, _ in chunk_ranking]).values(
-            "pk", "document_id"
-        )
-    }
     for pk, _ in chunk_ranking:
-        document = rows.get(pk, {}).get("document_id")
+        document = owners.get(pk)
         if document in wanted and len(chosen[document]) < per_document:
             chosen[document].append(pk)
     missing = [doc for doc, pks in chosen.items() if not pks]

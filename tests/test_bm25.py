@@ -376,5 +376,5 @@ def test_default_version_is_a_sortable_timestamp() -> None:
 
 def test_compare_with_rank_bm25_small() -> None:
     result = compare_with_rank_bm25(n_docs=2_000, n_queries=10, seed=1)
-    assert result["identical"] is True
-    assert result["rank_bm25_ms_per_query"] > 0 and result["bm25_index_ms_per_query"] > 0
+    assert result.identical is True and result.scores_identical is True
+    assert result.rank_bm25_ms > 0 and result.bm25_index_ms > 0
