@@ -36,7 +36,7 @@ def domain(db) -> Domain:
     return Domain.objects.get_or_create(slug="healthcare", defaults={"name": "Healthcare"})[0]
 
 
-def test_database_url() -> str:
+def worker_database_url() -> str:
     """A URL for the test database that another process (a worker) can use."""
     db = connection.settings_dict
     user = quote(db.get("USER") or "")
@@ -104,7 +104,7 @@ def worker_factory(transactional_db, tmp_path: Path) -> Iterator:
     def make(**extra_env: str) -> WorkerProcess:
         env = {
             **os.environ,
-            "DATABASE_URL": test_database_url(),
+            "DATABASE_URL": worker_database_url(),
             "REDIS_URL": settings.REDIS_URL,
             "KMS_CELERY_QUEUE": queue,
             "KMS_MEDIA_ROOT": str(settings.MEDIA_ROOT),

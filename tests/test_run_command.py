@@ -15,7 +15,7 @@ import psutil
 import pytest
 from django.conf import settings
 
-from tests.conftest import ROOT, test_database_url
+from tests.conftest import ROOT, worker_database_url
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
@@ -30,7 +30,7 @@ def test_run_serves_the_admin_and_stops_every_process_on_sigterm(tmp_path: Path)
     port = free_port()
     env = {
         **os.environ,
-        "DATABASE_URL": test_database_url(),
+        "DATABASE_URL": worker_database_url(),
         "REDIS_URL": settings.REDIS_URL,
         "KMS_DATA_DIR": str(tmp_path),
         "KMS_CELERY_QUEUE": f"kms-run-test-{port}",
