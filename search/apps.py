@@ -1,6 +1,21 @@
 from django.apps import AppConfig
+from django.core import checks
 
 
 class SearchConfig(AppConfig):
     name = "search"
     verbose_name = "Ingestion and search"
+
+    def ready(self) -> None:
+        checks.register(check_embedding_model)
+
+
+def check_embedding_model(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
+    """Fail ``manage.py check`` / ``run`` early when the embedding model is missing."""
+    from search.embedding import ModelNotFoundError, checked_model_path
+
+    try:
+        checked_model_path()
+    except ModelNotFoundError as exc:
+        return [checks.Error(str(exc), id="kms.E001")]
+    return []

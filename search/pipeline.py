@@ -25,7 +25,7 @@ from django.utils import timezone
 from kms.store.models import Chunk, Document, DocumentVersion, Status
 from search import bm25_store
 from search.chunking import chunk_document, load_tokenizer
-from search.embedding import get_embedder, passage_text
+from search.embedding import checked_model_path, get_embedder, passage_text
 from search.parsing import Block, Page, ParsedDocument, ParseError, detect_media_type, parse
 
 logger = logging.getLogger(__name__)
@@ -318,9 +318,8 @@ def _sync_document(document_id: int) -> None:
 
 
 def _tokenizer_path() -> str:
-    from django.conf import settings
-
-    return settings.KMS_EMBEDDING_MODEL
+    """The embedding model's tokenizer counts chunk tokens, so budgets match the model."""
+    return str(checked_model_path())
 
 
 __all__ = [

@@ -65,3 +65,15 @@ def test_import_beir_ingests_a_small_corpus(tmp_path: Path) -> None:
 def test_import_beir_without_a_corpus_says_what_is_missing(tmp_path: Path) -> None:
     with pytest.raises(CommandError, match="corpus.jsonl"):
         call_command("import_beir", str(tmp_path), "--domain", "healthcare", "--inline")
+
+
+def test_missing_model_is_a_clear_error_and_keeps_the_documents(tmp_path: Path, settings) -> None:
+    from search.apps import check_embedding_model
+
+    settings.KMS_EMBEDDING_MODEL = str(tmp_path / "no-model")
+    assert [error.id for error in check_embedding_model()] == ["kms.E001"]
+    (tmp_path / "policy.md").write_text("# Leave\n\nBook leave six weeks ahead.\n")
+    with pytest.raises(CommandError, match="No embedding model at .*KMS_EMBEDDING_MODEL"):
+        call_command("ingest", str(tmp_path / "policy.md"), "--domain", "healthcare",
+                     "--inline", stdout=StringIO(), stderr=StringIO())
+    assert Document.objects.filter(source="policy.md").exists()

@@ -10,6 +10,7 @@ from django.conf import settings
 from django.core.management.base import CommandError, OutputWrapper
 from tqdm import tqdm
 
+from search.embedding import ModelNotFoundError
 from search.ingest import IngestResult, Progress, failures, process_inline, wait_for_versions
 
 
@@ -44,7 +45,14 @@ def process_with_progress(
         bar.refresh()
 
     if inline:
-        state = process_inline(version_ids, on_progress=update)
+        try:
+            state = process_inline(version_ids, on_progress=update)
+        except ModelNotFoundError as exc:
+            bar.close()
+            raise CommandError(
+                f"{exc} The documents are stored; run the command again once it is fixed "
+                "(or use the admin's 'Process again')."
+            ) from exc
     else:
         state = wait_for_versions(version_ids, timeout=timeout, on_progress=update)
     bar.close()
