@@ -101,6 +101,7 @@ def chunk_versions(version_ids: Iterable[int]) -> list[int]:
                     document_id=version.document_id,
                     version_id=version.pk,
                     domain_id=domain.pk,
+                    is_current=version.pk == version.document.current_version_id,
                     ordinal=piece.ordinal,
                     text=piece.text,
                     start_offset=piece.start,
@@ -232,6 +233,10 @@ def clear_embeddings(version_ids: Iterable[int]) -> int:
         DocumentVersion.objects.filter(pk__in=ids, status=Status.READY).update(
             status=Status.PROCESSING
         )
+        for document_id in set(
+            DocumentVersion.objects.filter(pk__in=ids).values_list("document_id", flat=True)
+        ):
+            _sync_document(document_id)
     return count
 
 
@@ -295,6 +300,12 @@ def _sync_document(document_id: int) -> None:
         return
     newest = versions[0]
     served = next((v for v in versions if v.status == Status.READY), None)
+    reprocessing = next(
+        (v for v in versions if v.pk == document.current_version_id and v.status in OPEN_STATES),
+        None,
+    )
+    if served is None or (reprocessing and reprocessing.number > served.number):
+        served = reprocessing or served  # keep serving it while it is processed again
     document.status = newest.status
     document.status_message = newest.status_message
     if newest.status == Status.FAILED and served is not None:
@@ -302,11 +313,10 @@ def _sync_document(document_id: int) -> None:
             f"Version {newest.number} failed: {newest.status_message} "
             f"Version {served.number} is still served."
         )
-    if document.current_version_id != (served.pk if served else None):
-        chunks = Chunk.objects.filter(document_id=document.pk)
-        chunks.filter(is_current=True).exclude(version=served).update(is_current=False)
-        if served is not None:
-            chunks.filter(version=served, is_current=False).update(is_current=True)
+    chunks = Chunk.objects.filter(document_id=document.pk)
+    chunks.filter(is_current=True).exclude(version=served).update(is_current=False)
+    if served is not None:  # also marks chunks re-created while the version was reprocessed
+        chunks.filter(version=served, is_current=False).update(is_current=True)
     document.current_version = served
     if served is not None:
         document.content_hash = served.content_hash

@@ -5,6 +5,7 @@ from __future__ import annotations
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
+from django.template.defaultfilters import pluralize
 from django.utils.html import format_html
 
 from kms.store.models import Chunk, Document, DocumentVersion, Domain
@@ -44,8 +45,9 @@ class DocumentAdmin(admin.ModelAdmin):
                     "updated_at"]
     list_filter = ["domain", "status", "media_type", "access_groups"]
     search_fields = ["title", "source", "content_hash"]
-    readonly_fields = ["source", "media_type", "content_hash", "status", "status_message",
-                       "current_version", "uploaded_by", "created_at", "updated_at"]
+    readonly_fields = ["domain", "source", "media_type", "content_hash", "status",
+                       "status_message", "current_version", "uploaded_by", "created_at",
+                       "updated_at"]
     filter_horizontal = ["access_groups"]
     inlines = [VersionInline]
     actions = ["process_again", "reembed_documents"]
@@ -61,20 +63,29 @@ class DocumentAdmin(admin.ModelAdmin):
     def version_number(self, obj: Document):
         return obj.current_version.number if obj.current_version else "-"
 
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        """Documents come in through ingestion (``manage.py ingest``, later the portal)."""
+        return False
+
     @admin.action(description="Process again (parse, chunk, embed) the newest version")
     def process_again(self, request: HttpRequest, queryset: QuerySet[Document]) -> None:
         newest = [doc.versions.order_by("-number").values_list("pk", flat=True).first()
                   for doc in queryset]
         ids = [pk for pk in newest if pk]
         reprocess(ids)
-        self.message_user(request, f"Queued {len(ids)} versions for processing.")
+        for document in queryset:
+            self.log_change(request, document, "Queued for processing again.")
+        self.message_user(request, f"Queued {len(ids)} version{pluralize(len(ids))} for "
+                          "processing; they stay searchable meanwhile.")
 
     @admin.action(description="Re-embed the served version with the current model")
     def reembed_documents(self, request: HttpRequest, queryset: QuerySet[Document]) -> None:
         ids = _current_versions(queryset)
         count = reembed(ids)
-        self.message_user(request, f"Queued {count} chunks of {len(ids)} documents for "
-                          "re-embedding.", messages.SUCCESS)
+        for document in queryset:
+            self.log_change(request, document, "Queued for re-embedding.")
+        self.message_user(request, f"Queued {count} chunk{pluralize(count)} of {len(ids)} "
+                          f"document{pluralize(len(ids))} for re-embedding.", messages.SUCCESS)
 
 
 @admin.register(DocumentVersion)
@@ -82,19 +93,23 @@ class DocumentVersionAdmin(admin.ModelAdmin):
     list_display = ["__str__", "status", "media_type", "size_bytes", "page_count", "created_at"]
     list_filter = ["status", "media_type", "document__domain"]
     search_fields = ["document__title", "filename", "content_hash"]
-    exclude = ["structure"]
     actions = ["reembed_versions"]
 
+    exclude = ["structure", "file"]  # uploads are not served over HTTP: they may be restricted
+
     def get_readonly_fields(self, request: HttpRequest, obj=None) -> list[str]:
-        return [f.name for f in DocumentVersion._meta.fields if f.name != "structure"]
+        return [f.name for f in DocumentVersion._meta.fields if f.name not in self.exclude]
 
     def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
         return False
 
     @admin.action(description="Re-embed the selected versions with the current model")
     def reembed_versions(self, request: HttpRequest, queryset: QuerySet[DocumentVersion]) -> None:
         count = reembed(list(queryset.values_list("pk", flat=True)))
-        self.message_user(request, f"Queued {count} chunks for re-embedding.")
+        self.message_user(request, f"Queued {count} chunk{pluralize(count)} for re-embedding.")
 
 
 @admin.register(Chunk)
@@ -120,5 +135,13 @@ class ChunkAdmin(admin.ModelAdmin):
     def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
         return False
 
-    def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
-        return False
+    def get_actions(self, request: HttpRequest) -> dict:
+        """Chunks are deleted with their document or version, never one by one."""
+        actions = super().get_actions(request)
+        actions.pop("delete_selected", None)
+        return actions
+
+    def change_view(self, request, object_id, form_url="", extra_context=None):
+        return super().change_view(
+            request, object_id, form_url, {**(extra_context or {}), "show_delete": False}
+        )
