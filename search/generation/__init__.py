@@ -1,0 +1,1 @@
+"""Text generators behind one small interface (see ``base``), chosen in settings."""
