@@ -22,11 +22,24 @@ class Message:
 
 
 @dataclass(frozen=True)
+class Passage:
+    """A retrieved passage as the prompt numbers it: the answer cites it as ``[number]``."""
+
+    number: int
+    text: str
+    title: str = ""
+
+
+@dataclass(frozen=True)
 class GenerationRequest:
     messages: tuple[Message, ...]
     max_new_tokens: int = 256
     temperature: float = 0.0  # 0: greedy, reproducible answers
     stop: tuple[str, ...] = ()
+    # The question and passages behind ``messages``, for backends that work on them directly
+    # (the extractive backend) rather than on the prompt text.
+    question: str = ""
+    passages: tuple[Passage, ...] = ()
 
 
 class Generator(Protocol):
