@@ -30,6 +30,15 @@ def _media_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return media
 
 
+@pytest.fixture(autouse=True)
+def _plain_static_files(settings) -> None:
+    """Pages render without ``collectstatic`` (the manifest storage needs it run first)."""
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+    }
+
+
 @pytest.fixture
 def domain(db) -> Domain:
     """The migration creates it; transactional tests flush it, so recreate when needed."""
