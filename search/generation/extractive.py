@@ -27,9 +27,9 @@ import numpy as np
 from search.chunking import split_sentences
 from search.embedding import get_embedder
 from search.generation.base import GenerationRequest, Passage
+from search.prompting import NO_ANSWER
 from search.text_analysis import analyze
 
-NO_ANSWER = "The knowledge base does not answer this question."
 LEXICAL_WEIGHT = 0.1
 # Sentences this similar to one already picked repeat it (overlapping chunks, boilerplate).
 DUPLICATE_SIMILARITY = 0.92
