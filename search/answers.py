@@ -1,0 +1,263 @@
+"""Question in, cited answer out: the one pipeline behind the portal, the API and ``manage.py ask``.
+
+retrieve (hybrid, with the user's access) -> choose passages within a token budget -> generate
+-> parse the ``[n]`` citations -> verify each sentence against what it cites -> answer.
+
+Two rules keep an answer trustworthy. A citation is only ever one the generator wrote and the
+check confirmed: a sentence nothing supports loses its citations (and, by default, its place in
+the answer); none is invented for it. And when retrieval finds nothing close enough to the
+question, or nothing the generator wrote survives the check, the answer is :data:`NO_ANSWER`
+rather than a guess.
+
+Streaming: :func:`stream_answer` yields the generator's text as it arrives, then the final
+:class:`Answer`. The streamed text is the generator's draft; the final answer is what was
+verified, so a caller replaces the draft with ``Answer.text`` when it arrives.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Literal
+
+from django.conf import settings
+
+from kms.store.models import Domain
+from search.citations import AnswerSentence, Citation, citation_for, parse_citations, render
+from search.generation.backends import get_generator
+from search.generation.base import Generator, GeneratorError
+from search.prompting import NO_ANSWER, SourcePassage, build_request, choose_passages, token_counter
+from search.retrieval import UNRESTRICTED, Access, SearchError, search
+from search.verification import EMBEDDING_THRESHOLD, LEXICAL_THRESHOLD, verify
+
+VerifyMethod = Literal["embedding", "lexical", "none"]
+Policy = Literal["remove", "flag"]
+VERIFY_METHODS = ("embedding", "lexical", "none")
+POLICIES = ("remove", "flag")
+
+__all__ = [
+    "NO_ANSWER", "Answer", "AnswerOptions", "Claim", "GeneratorError", "SearchError", "Token",
+    "answer", "stream_answer",
+]
+
+
+@dataclass(frozen=True)
+class AnswerOptions:
+    """How to answer; every field defaults to its ``KMS_*`` setting."""
+
+    verify: VerifyMethod = "embedding"
+    threshold: float = EMBEDDING_THRESHOLD
+    policy: Policy = "remove"
+    min_similarity: float = 0.3
+    passage_tokens: int = 1200
+    max_passages: int = 6
+    max_new_tokens: int = 256
+
+    @classmethod
+    def from_settings(cls, **overrides) -> AnswerOptions:
+        method = overrides.pop("verify", None) or settings.KMS_VERIFY_METHOD
+        threshold = overrides.pop("threshold", None) or settings.KMS_VERIFY_THRESHOLD
+        if not threshold:
+            threshold = LEXICAL_THRESHOLD if method == "lexical" else EMBEDDING_THRESHOLD
+        values = {
+            "verify": method,
+            "threshold": threshold,
+            "policy": settings.KMS_VERIFY_POLICY,
+            "min_similarity": settings.KMS_ANSWER_MIN_SIMILARITY,
+            "passage_tokens": settings.KMS_ANSWER_PASSAGE_TOKENS,
+            "max_passages": settings.KMS_ANSWER_MAX_PASSAGES,
+            "max_new_tokens": settings.KMS_GENERATOR_MAX_NEW_TOKENS,
+        }
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values).validate()
+
+    def validate(self) -> AnswerOptions:
+        if self.verify not in VERIFY_METHODS:
+            raise SearchError(
+                f"Unknown verification {self.verify!r}; use one of {', '.join(VERIFY_METHODS)}."
+            )
+        if self.policy not in POLICIES:
+            raise SearchError(f"Unknown policy {self.policy!r}; use one of {', '.join(POLICIES)}.")
+        if self.passage_tokens < 1 or self.max_passages < 1 or self.max_new_tokens < 1:
+            raise SearchError("passage_tokens, max_passages and max_new_tokens must be positive.")
+        return self
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One sentence the generator wrote, and what verification made of it."""
+
+    text: str
+    cited: tuple[int, ...]  # valid passage numbers the generator cited
+    citations: tuple[int, ...]  # the ones kept: those that support it (all cited when unchecked)
+    supported: bool | None  # None: not checked
+    score: float | None
+    invented: tuple[int, ...] = ()  # numbers cited that were not among the passages
+    kept: bool = True  # False: removed from the answer
+
+
+@dataclass
+class Answer:
+    question: str
+    text: str  # the answer as shown, with [n] markers; NO_ANSWER when it abstains
+    abstained: bool
+    reason: str  # why it abstained, or ""
+    sources: list[Citation]  # the passages the answer cites, by number
+    passages: list[Citation]  # every passage the generator was given
+    claims: list[Claim] = field(default_factory=list)
+    draft: str = ""  # the generator's own text, before verification
+    backend: str = ""
+    verification: str = "none"
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    passage_texts: dict[int, str] = field(default_factory=dict)  # number -> chunk text
+
+    @property
+    def flagged(self) -> list[Claim]:
+        """Sentences the check did not support (removed, or shown without citations)."""
+        return [c for c in self.claims if c.supported is False]
+
+
+@dataclass(frozen=True)
+class Token:
+    """A piece of the draft as the generator produces it."""
+
+    text: str
+
+
+def answer(
+    question: str,
+    *,
+    domain: str | Domain,
+    access: Access = UNRESTRICTED,
+    generator: Generator | str | None = None,
+    options: AnswerOptions | None = None,
+    on_token: Callable[[str], None] | None = None,
+) -> Answer:
+    """Answer ``question`` from ``domain``, citing the passages it used.
+
+    Raises SearchError for a question or option to fix and GeneratorError when the backend
+    fails (its message names the backend or endpoint).
+    """
+    result: Answer | None = None
+    for event in stream_answer(
+        question, domain=domain, access=access, generator=generator, options=options
+    ):
+        if isinstance(event, Token):
+            if on_token is not None:
+                on_token(event.text)
+        else:
+            result = event
+    assert result is not None  # stream_answer always ends with the answer
+    return result
+
+
+def stream_answer(
+    question: str,
+    *,
+    domain: str | Domain,
+    access: Access = UNRESTRICTED,
+    generator: Generator | str | None = None,
+    options: AnswerOptions | None = None,
+) -> Iterator[Token | Answer]:
+    """:class:`Token` pieces of the draft as they are generated, then the final :class:`Answer`."""
+    started = time.perf_counter()
+    options = options or AnswerOptions.from_settings()
+    if generator is None or isinstance(generator, str):
+        generator = get_generator(generator)
+    response = search(
+        question, domain=domain, access=access, mode="hybrid",
+        k=options.max_passages, chunks_per_document=2,
+    )
+    passages = choose_passages(
+        response, options.passage_tokens, token_counter(), options.max_passages
+    )
+    timings = {"retrieval": _ms(started)}
+    shown = [citation_for(p) for p in passages]
+    base = {
+        "question": question.strip(), "passages": shown, "backend": generator.name,
+        "verification": options.verify, "timings_ms": timings,
+        "passage_texts": {p.number: p.chunk.text for p in passages},
+    }
+
+    weak = _weak_support(passages, options.min_similarity, response.message)
+    if weak:
+        timings["total"] = _ms(started)
+        yield Answer(text=NO_ANSWER, abstained=True, reason=weak, sources=[], **base)
+        return
+
+    request = build_request(question, passages, max_new_tokens=options.max_new_tokens)
+    pieces: list[str] = []
+    generating = time.perf_counter()
+    for piece in generator.stream(request):
+        pieces.append(piece)
+        yield Token(piece)
+    draft = "".join(pieces).strip()
+    timings["generation"] = _ms(generating)
+
+    checking = time.perf_counter()
+    result = _finish(draft, passages, options, base)
+    timings["verification"] = _ms(checking)
+    timings["total"] = _ms(started)
+    yield result
+
+
+def _weak_support(passages: list[SourcePassage], minimum: float, message: str) -> str:
+    """Why the passages are too weak to answer from, or "" when they will do."""
+    if not passages:
+        return message or "No passage in this domain matches the question."
+    best = max((p.chunk.dense.score for p in passages if p.chunk.dense), default=0.0)
+    if best < minimum:
+        return (
+            f"The closest passage is only {best:.2f} similar to the question (the minimum is "
+            f"{minimum:.2f}): the knowledge base does not seem to cover it."
+        )
+    return ""
+
+
+def _is_refusal(draft: str) -> bool:
+    """The generator said the passages do not answer (or said nothing)."""
+    flat = " ".join(draft.split()).lower()
+    return not flat or NO_ANSWER.lower().rstrip(".") in flat
+
+
+def _finish(draft: str, passages: list[SourcePassage], options: AnswerOptions, base: dict) -> Answer:
+    numbers = {p.number for p in passages}
+    if _is_refusal(draft):
+        return Answer(
+            text=NO_ANSWER, abstained=True, sources=[], draft=draft,
+            reason="The generator found no answer in the passages.", **base,
+        )
+    sentences = parse_citations(draft, numbers)
+    if options.verify == "none":
+        claims = [Claim(s.text, s.cited, s.cited, None, None, s.invalid) for s in sentences]
+    else:
+        checks = verify(
+            [(s.text, s.cited) for s in sentences], base["passage_texts"], options.verify,
+            options.threshold,
+        )
+        claims = [
+            Claim(
+                s.text, s.cited, check.supporting, check.supported, check.score, s.invalid,
+                kept=check.supported or options.policy == "flag",
+            )
+            for s, check in zip(sentences, checks, strict=True)
+        ]
+    kept = [c for c in claims if c.kept]
+    if not any(c.citations for c in kept):
+        return Answer(
+            text=NO_ANSWER, abstained=True, sources=[], draft=draft, claims=claims,
+            reason="No sentence of the generated answer is supported by a passage it cites.",
+            **base,
+        )
+    text = render([AnswerSentence(c.text, c.citations, (), 0, 0) for c in kept])
+    used = {n for c in kept for n in c.citations}
+    by_number = {citation.number: citation for citation in base["passages"]}
+    return Answer(
+        text=text, abstained=False, reason="", draft=draft, claims=claims,
+        sources=[by_number[n] for n in sorted(used)], **base,
+    )
+
+
+def _ms(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 1)

@@ -1,0 +1,103 @@
+"""manage.py ask "QUESTION" --domain D: a cited answer from the shell, with its sources."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+
+from django.contrib.auth import get_user_model
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from search.answers import (
+    POLICIES,
+    VERIFY_METHODS,
+    Answer,
+    AnswerOptions,
+    GeneratorError,
+    SearchError,
+    Token,
+    stream_answer,
+)
+from search.generation.backends import BACKENDS
+from search.retrieval import UNRESTRICTED, Access
+
+
+class Command(BaseCommand):
+    help = (
+        "Answer a question from a domain's documents, citing passages as [n] and listing "
+        "each source's document, version, page and character span."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("question")
+        parser.add_argument("--domain", required=True)
+        parser.add_argument("--backend", choices=BACKENDS, help="Default: KMS_GENERATOR.")
+        parser.add_argument("--verify", choices=VERIFY_METHODS, help="Default: KMS_VERIFY_METHOD.")
+        parser.add_argument("--policy", choices=POLICIES, help="Unsupported sentences: "
+                            "remove them, or keep them flagged and uncited.")
+        parser.add_argument("--stream", action="store_true", help="Print the draft as it is "
+                            "generated, then the verified answer.")
+        parser.add_argument("--json", action="store_true", help="Print the answer as JSON.")
+        parser.add_argument("--user", help="Answer as this user (their access groups apply).")
+
+    def handle(self, *args, **options) -> None:
+        access = UNRESTRICTED
+        if options["user"]:
+            user = get_user_model().objects.filter(username=options["user"]).first()
+            if user is None:
+                raise CommandError(f"No user {options['user']!r}.")
+            access = Access.for_user(user)
+        try:
+            settings_options = AnswerOptions.from_settings(
+                verify=options["verify"], policy=options["policy"]
+            )
+            result = None
+            for event in stream_answer(
+                options["question"], domain=options["domain"], access=access,
+                generator=options["backend"], options=settings_options,
+            ):
+                if isinstance(event, Token):
+                    if options["stream"] and not options["json"]:
+                        self.stdout.write(event.text, ending="")
+                        self.stdout.flush()
+                else:
+                    result = event
+        except (SearchError, GeneratorError) as exc:
+            raise CommandError(str(exc)) from exc
+        assert result is not None
+        if options["json"]:
+            self.stdout.write(json.dumps(_as_json(result), indent=2, ensure_ascii=False))
+            return
+        if options["stream"]:
+            self.stdout.write("\n\n--- verified answer ---")
+        self._print(result)
+
+    def _print(self, result: Answer) -> None:
+        self.stdout.write(result.text)
+        if result.abstained:
+            self.stdout.write(f"({result.reason})")
+        for claim in result.flagged:
+            action = "removed" if not claim.kept else "kept without citation"
+            self.stdout.write(f"  unsupported, {action} (score {claim.score:.2f}): {claim.text}")
+        if result.sources:
+            self.stdout.write("\nSources:")
+        for source in result.sources:
+            page = ""
+            if source.page:
+                page = f", p. {source.page}"
+                if source.page_end and source.page_end != source.page:
+                    page += f"-{source.page_end}"
+            heading = f" > {source.heading}" if source.heading else ""
+            self.stdout.write(
+                f"  [{source.number}] {source.title}{heading} (document {source.document_id}, "
+                f"version {source.version_id}{page}, characters {source.start_offset}-"
+                f"{source.end_offset})"
+            )
+        times = ", ".join(f"{name} {ms:.0f} ms" for name, ms in result.timings_ms.items())
+        self.stdout.write(f"\n{result.backend}, verification {result.verification}: {times}")
+
+
+def _as_json(result: Answer) -> dict:
+    data = asdict(result)
+    data.pop("passage_texts")
+    return data
