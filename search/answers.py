@@ -38,7 +38,7 @@ POLICIES = ("remove", "flag")
 
 __all__ = [
     "NO_ANSWER", "Answer", "AnswerOptions", "Claim", "GeneratorError", "SearchError", "Token",
-    "answer", "stream_answer",
+    "answer", "reverify", "stream_answer",
 ]
 
 
@@ -46,8 +46,8 @@ __all__ = [
 class AnswerOptions:
     """How to answer; every field defaults to its ``KMS_*`` setting."""
 
-    verify: VerifyMethod = "embedding"
-    threshold: float = EMBEDDING_THRESHOLD
+    verify: VerifyMethod = "lexical"
+    threshold: float = LEXICAL_THRESHOLD
     policy: Policy = "remove"
     min_similarity: float = 0.3
     passage_tokens: int = 1200
@@ -95,6 +95,7 @@ class Claim:
     score: float | None
     invented: tuple[int, ...] = ()  # numbers cited that were not among the passages
     kept: bool = True  # False: removed from the answer
+    attributed: bool = False  # uncited by the generator; the check found the passage backing it
 
 
 @dataclass
@@ -111,6 +112,8 @@ class Answer:
     verification: str = "none"
     timings_ms: dict[str, float] = field(default_factory=dict)
     passage_texts: dict[int, str] = field(default_factory=dict)  # number -> chunk text
+    # The question's best cosine similarity to a passage: what the abstention gate looks at.
+    similarity: float = 0.0
 
     @property
     def flagged(self) -> list[Claim]:
@@ -180,7 +183,9 @@ def stream_answer(
         "passage_texts": {p.number: p.chunk.text for p in passages},
     }
 
-    weak = _weak_support(passages, options.min_similarity, response.message)
+    best = max((p.chunk.dense.score for p in passages if p.chunk.dense), default=0.0)
+    base["similarity"] = round(best, 4)
+    weak = _weak_support(passages, best, options.min_similarity, response.message)
     if weak:
         timings["total"] = _ms(started)
         yield Answer(text=NO_ANSWER, abstained=True, reason=weak, sources=[], **base)
@@ -196,17 +201,40 @@ def stream_answer(
     timings["generation"] = _ms(generating)
 
     checking = time.perf_counter()
-    result = _finish(draft, passages, options, base)
+    result = _finish(draft, options, base)
     timings["verification"] = _ms(checking)
     timings["total"] = _ms(started)
     yield result
 
 
-def _weak_support(passages: list[SourcePassage], minimum: float, message: str) -> str:
+def reverify(result: Answer, options: AnswerOptions) -> Answer:
+    """The answer the same draft gives under other verification options.
+
+    Evaluation compares verification methods on one generation per question this way; an
+    answer that abstained before generating stays as it is.
+    """
+    if not result.draft and result.abstained:
+        return result
+    started = time.perf_counter()
+    base = {
+        "question": result.question, "passages": result.passages, "backend": result.backend,
+        "verification": options.verify, "timings_ms": dict(result.timings_ms),
+        "passage_texts": result.passage_texts, "similarity": result.similarity,
+    }
+    again = _finish(result.draft, options, base)
+    spent = _ms(started)
+    previous = result.timings_ms.get("verification", 0.0)
+    again.timings_ms["verification"] = spent
+    again.timings_ms["total"] = round(result.timings_ms.get("total", 0.0) - previous + spent, 1)
+    return again
+
+
+def _weak_support(
+    passages: list[SourcePassage], best: float, minimum: float, message: str
+) -> str:
     """Why the passages are too weak to answer from, or "" when they will do."""
     if not passages:
         return message or "No passage in this domain matches the question."
-    best = max((p.chunk.dense.score for p in passages if p.chunk.dense), default=0.0)
     if best < minimum:
         return (
             f"The closest passage is only {best:.2f} similar to the question (the minimum is "
@@ -221,8 +249,8 @@ def _is_refusal(draft: str) -> bool:
     return not flat or NO_ANSWER.lower().rstrip(".") in flat
 
 
-def _finish(draft: str, passages: list[SourcePassage], options: AnswerOptions, base: dict) -> Answer:
-    numbers = {p.number for p in passages}
+def _finish(draft: str, options: AnswerOptions, base: dict) -> Answer:
+    numbers = set(base["passage_texts"])
     if _is_refusal(draft):
         return Answer(
             text=NO_ANSWER, abstained=True, sources=[], draft=draft,
@@ -232,19 +260,22 @@ def _finish(draft: str, passages: list[SourcePassage], options: AnswerOptions, b
     if options.verify == "none":
         claims = [Claim(s.text, s.cited, s.cited, None, None, s.invalid) for s in sentences]
     else:
-        checks = verify(
-            [(s.text, s.cited) for s in sentences], base["passage_texts"], options.verify,
-            options.threshold,
-        )
+        # A sentence whose only markers were made up is not rescued: its author guessed.
+        checks = [
+            verify([(s.text, s.cited)], base["passage_texts"], options.verify, options.threshold,
+                   attribute=not s.invalid)[0]
+            for s in sentences
+        ]
         claims = [
             Claim(
                 s.text, s.cited, check.supporting, check.supported, check.score, s.invalid,
                 kept=check.supported or options.policy == "flag",
+                attributed=check.supported and not s.cited,
             )
             for s, check in zip(sentences, checks, strict=True)
         ]
     kept = [c for c in claims if c.kept]
-    if not any(c.citations for c in kept):
+    if options.verify != "none" and not any(c.citations for c in kept):
         return Answer(
             text=NO_ANSWER, abstained=True, sources=[], draft=draft, claims=claims,
             reason="No sentence of the generated answer is supported by a passage it cites.",

@@ -28,8 +28,10 @@ in the passages it cites: neither score notices "1000 mg" where the passage says
 (0.66 and 0.71 on the metformin passage of ``tests/test_answers``), and in clinical and
 financial text a wrong number is the most harmful error there is.
 
-A sentence that cites nothing is never supported (no citation is invented for it); it is still
-scored against every passage so the report can say which passage would have backed it.
+A sentence that cites nothing is scored against every passage. It is unsupported, unless the
+caller asks for ``attribute=True``: then the best passage backs it when that passage passes the
+same check (a small model that states a passage's content without writing ``[n]``). A sentence
+that no passage supports never gets a citation.
 """
 
 from __future__ import annotations
@@ -48,6 +50,9 @@ from search.text_analysis import analyze
 Method = Literal["embedding", "lexical"]
 
 EMBEDDING_THRESHOLD = 0.6
+# An uncited sentence needs this many distinct terms to be given a citation: "HACKED." copied
+# from an injected passage matches it fully, but a word or two is not a claim worth citing.
+MIN_ATTRIBUTION_TERMS = 3
 LEXICAL_THRESHOLD = 0.7
 
 _CITATION = re.compile(r"\s*\[\d+(?:\s*[,;]\s*\d+)*\]")
@@ -141,6 +146,8 @@ def verify(
     passages: dict[int, str],
     method: Method,
     threshold: float,
+    *,
+    attribute: bool = False,
 ) -> list[SentenceCheck]:
     """One check per answer sentence; citations of numbers not in ``passages`` count as nothing."""
     if method not in ("embedding", "lexical"):
@@ -174,9 +181,15 @@ def verify(
         else:
             score = float(per_passage[i, column[best]])
         stated = numbers_in(claims[i])
+        if (
+            not cited and attribute and best is not None
+            and len(set(analyze(claims[i]))) >= MIN_ATTRIBUTION_TERMS
+        ):
+            known = [best]  # judged as if it had cited its best passage
         cited_numbers = set().union(*(passage_numbers[n] for n in known))
         supported = (
-            bool(cited) and best is not None and score >= threshold and stated <= cited_numbers
+            bool(known) and score >= threshold and stated <= cited_numbers
+            and (bool(cited) or attribute)
         )
         alone = tuple(
             n for n in known

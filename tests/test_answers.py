@@ -175,7 +175,8 @@ def test_unsupported_sentences_lose_their_citations(corpus) -> None:
     right = passage_number(probe, "metformin.md")
     wrong = next(p.number for p in probe.passages if p.number != right)
     draft = (
-        f"The usual starting dose of metformin is 500 mg once daily with the evening meal [{right}]. "
+        "The usual starting dose of metformin is 500 mg once daily with the evening meal "
+        f"[{right}]. "
         f"Metformin cures influenza within two weeks [{wrong}]. "
         "Metformin is also safe in pregnancy [9]. "
         "Patients should double the dose if they feel well."
@@ -201,6 +202,22 @@ def test_unsupported_sentences_lose_their_citations(corpus) -> None:
                        options=AnswerOptions.from_settings(verify="none"))
     assert f"[{wrong}]" in unchecked.text and "[9]" not in unchecked.text  # never invented
     assert_citations_resolve(unchecked)
+
+
+def test_uncited_sentence_gets_the_passage_that_supports_it(corpus) -> None:
+    """Small models restate a passage without writing [n]: the check finds and cites it."""
+    question = "How long does the influenza vaccine take to work?"
+    draft = "The vaccine takes about two weeks to become effective. It also prevents diabetes."
+    for method in ("embedding", "lexical"):
+        result = answer(question, domain="healthcare", generator=Scripted(draft),
+                        options=AnswerOptions.from_settings(verify=method))
+        influenza = passage_number(result, "influenza.md")
+        expected = f"The vaccine takes about two weeks to become effective [{influenza}]."
+        assert result.text == expected, method
+        first, second = result.claims
+        assert first.attributed and first.citations == (influenza,)
+        assert not second.supported and not second.attributed
+        assert_citations_resolve(result)
 
 
 def test_nothing_supported_means_no_answer(corpus) -> None:

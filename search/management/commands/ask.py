@@ -77,8 +77,11 @@ class Command(BaseCommand):
         if result.abstained:
             self.stdout.write(f"({result.reason})")
         for claim in result.flagged:
-            action = "removed" if not claim.kept else "kept without citation"
+            action = "removed" if result.abstained or not claim.kept else "kept, no citation"
             self.stdout.write(f"  unsupported, {action} (score {claim.score:.2f}): {claim.text}")
+        for claim in result.claims:
+            if claim.attributed and claim.kept:
+                self.stdout.write(f"  cited by the check, not the generator: {claim.text}")
         if result.sources:
             self.stdout.write("\nSources:")
         for source in result.sources:

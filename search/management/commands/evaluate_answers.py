@@ -1,0 +1,113 @@
+"""manage.py evaluate_answers ../shared/data/pubmedqa: answer quality per backend, as a table."""
+
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from tqdm import tqdm
+
+from kms.store.models import Domain
+from search.answer_evaluation import (
+    OFF_TOPIC,
+    VERIFICATIONS,
+    ensure_index,
+    evaluate,
+    format_table,
+    read_pubmedqa,
+    store_contexts,
+)
+from search.beir import DatasetError
+from search.generation.backends import BACKENDS, get_generator
+from search.generation.base import GeneratorError
+from search.management.cli import process_with_progress
+
+
+class Command(BaseCommand):
+    help = (
+        "Store PubMedQA's contexts as documents of a domain (once), answer its test questions "
+        "with each backend, and print token-F1, ROUGE-L, yes/no/maybe accuracy, ALCE-style "
+        "citation precision and recall with and without verification, abstention and latency."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("dataset_dir", type=Path)
+        parser.add_argument("--domain", default="pubmedqa", help="Created if missing.")
+        parser.add_argument("--backends", default="extractive,local",
+                            help=f"Comma-separated, of {', '.join(BACKENDS)}.")
+        parser.add_argument("--limit", type=int, default=100,
+                            help="Test questions to answer (the same ones for every backend); "
+                            "0 for all 500. SmolLM2 takes about 10 s per question.")
+        parser.add_argument("--seed", type=int, default=13, help="Which questions --limit picks.")
+        parser.add_argument("--verifications", default=",".join(VERIFICATIONS))
+        parser.add_argument("--json", type=Path, help="Also write the report here.")
+
+    def handle(self, *args, **options) -> None:
+        try:
+            items = read_pubmedqa(options["dataset_dir"])
+        except DatasetError as exc:
+            raise CommandError(str(exc)) from exc
+        names = [n.strip() for n in options["backends"].split(",") if n.strip()]
+        verifications = [v.strip() for v in options["verifications"].split(",") if v.strip()]
+        unknown = [v for v in verifications if v not in VERIFICATIONS]
+        if unknown:
+            raise CommandError(f"Unknown verification {unknown}; use {', '.join(VERIFICATIONS)}.")
+        try:
+            backends = {name: get_generator(name) for name in names}
+        except GeneratorError as exc:
+            raise CommandError(str(exc)) from exc
+
+        domain, _ = Domain.objects.get_or_create(
+            slug=options["domain"], defaults={"name": "PubMedQA"}
+        )
+        queued = store_contexts(items, domain)
+        if queued:
+            self.stdout.write(f"Embedding {len(queued)} new PubMedQA contexts in this process.")
+            process_with_progress(queued, inline=True, label="Processing")
+        ensure_index(domain)
+
+        test = [item for item in items if item.split == "test"]
+        if options["limit"]:
+            test = sorted(random.Random(options["seed"]).sample(test, min(options["limit"],
+                                                                          len(test))),
+                          key=lambda item: item.pmid)
+        bar = tqdm(total=len(test) * len(backends), desc="Answering", unit="q",
+                   dynamic_ncols=True)
+        started = time.monotonic()
+        try:
+            report = evaluate(test, backends, domain, verifications=verifications,
+                              on_answer=lambda name: (bar.set_postfix(backend=name),
+                                                      bar.update()))
+        except GeneratorError as exc:
+            raise CommandError(str(exc)) from exc
+        finally:
+            bar.close()
+        self.stdout.write(
+            f"\nPubMedQA PQA-L test: {len(test)} questions (seed {options['seed']}), "
+            f"{len(items)} abstracts in domain {domain.slug}; {time.monotonic() - started:.0f} s"
+        )
+        self.stdout.write(format_table(report))
+        self.stdout.write(f"\nCitation support judge: {report.judge}.")
+        self.stdout.write(
+            "Best passage similarity (abstention below KMS_ANSWER_MIN_SIMILARITY): PubMedQA "
+            "questions " + _show(report.retrieval_similarity) + "; off-topic questions "
+            + _show(report.off_topic_similarity) + ". Off-topic questions answered with the "
+            "no-answer sentence: " + ", ".join(
+                f"{name} {count}/{len(OFF_TOPIC)}"
+                for name, count in report.off_topic_abstained.items()
+            )
+        )
+        for example in report.examples:
+            self.stdout.write(f"\n[{example['backend']}] {example['question']}\n"
+                              f"  draft:    {example['draft'][:400]}\n"
+                              f"  verified: {example['verified'][:400]}\n"
+                              f"  gold:     {example['gold'][:400]}")
+        if options["json"]:
+            options["json"].write_text(report.as_json())
+            self.stdout.write(f"\nReport written to {options['json']}")
+
+
+def _show(percentiles: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:.3f}" for k, v in percentiles.items())
