@@ -21,6 +21,7 @@ does not depend on them.
 from __future__ import annotations
 
 import json
+import random
 import re
 import string
 from collections import Counter
@@ -129,8 +130,19 @@ def store_contexts(items: Iterable[QAItem], domain: Domain) -> list[int]:
     return queued
 
 
+def pick_questions(items: Sequence[QAItem], limit: int, seed: int) -> list[QAItem]:
+    """The test questions to answer: ``limit`` of them (0: all), the same for a given seed."""
+    if limit < 0:
+        raise DatasetError(f"--limit must be 0 (all) or more, not {limit}.")
+    test = [item for item in items if item.split == "test"]
+    if limit:
+        test = random.Random(seed).sample(test, min(limit, len(test)))
+    return sorted(test, key=lambda item: item.pmid)
+
+
 def ensure_index(domain: Domain) -> None:
-    if bm25_store.current_index(domain.slug, "chunks") is None or bm25_store.stale_domains():
+    stale = bm25_store.stale_domains()
+    if bm25_store.current_index(domain.slug, "chunks") is None or domain.pk in stale:
         bm25_store.build_index(domain)
 
 

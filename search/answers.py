@@ -3,11 +3,12 @@
 retrieve (hybrid, with the user's access) -> choose passages within a token budget -> generate
 -> parse the ``[n]`` citations -> verify each sentence against what it cites -> answer.
 
-Two rules keep an answer trustworthy. A citation is only ever one the generator wrote and the
-check confirmed: a sentence nothing supports loses its citations (and, by default, its place in
-the answer); none is invented for it. And when retrieval finds nothing close enough to the
+Two rules keep an answer trustworthy. Every citation shown has passed the support check: a
+sentence nothing supports loses its citations (and, by default, its place in the answer), and
+none is invented for it. And when retrieval finds nothing close enough to the
 question, or nothing the generator wrote survives the check, the answer is :data:`NO_ANSWER`
-rather than a guess.
+rather than a guess. With verification off (``verify="none"``, for comparison) the draft is
+shown as written, minus citations of numbers that were never in the prompt.
 
 Streaming: :func:`stream_answer` yields the generator's text as it arrives, then the final
 :class:`Answer`. The streamed text is the generator's draft; the final answer is what was
@@ -16,6 +17,7 @@ verified, so a caller replaces the draft with ``Answer.text`` when it arrives.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -28,12 +30,17 @@ from search.citations import AnswerSentence, Citation, citation_for, parse_citat
 from search.generation.backends import get_generator
 from search.generation.base import Generator, GeneratorError
 from search.prompting import NO_ANSWER, SourcePassage, build_request, choose_passages, token_counter
-from search.retrieval import UNRESTRICTED, Access, SearchError, search
+from search.retrieval import UNRESTRICTED, Access, SearchError, SearchResponse, search
 from search.verification import EMBEDDING_THRESHOLD, LEXICAL_THRESHOLD, verify
 
 VerifyMethod = Literal["embedding", "lexical", "none"]
 Policy = Literal["remove", "flag"]
 VERIFY_METHODS = ("embedding", "lexical", "none")
+# Marker-like text the citation parser does not take as ours ("[Passage 2]", "[^1]"): removed
+# so nothing that looks like a citation reaches the reader without resolving to a source.
+_STRAY_MARKER = re.compile(
+    r"\s*\[\s*(?:passage|source|doc(?:ument)?|ref(?:erence)?)?\s*\^?\s*\d+\s*\]", re.IGNORECASE
+)
 POLICIES = ("remove", "flag")
 
 __all__ = [
@@ -44,7 +51,7 @@ __all__ = [
 
 @dataclass(frozen=True)
 class AnswerOptions:
-    """How to answer; every field defaults to its ``KMS_*`` setting."""
+    """How to answer; :meth:`from_settings` fills every field from its ``KMS_*`` setting."""
 
     verify: VerifyMethod = "lexical"
     threshold: float = LEXICAL_THRESHOLD
@@ -57,8 +64,10 @@ class AnswerOptions:
     @classmethod
     def from_settings(cls, **overrides) -> AnswerOptions:
         method = overrides.pop("verify", None) or settings.KMS_VERIFY_METHOD
-        threshold = overrides.pop("threshold", None) or settings.KMS_VERIFY_THRESHOLD
-        if not threshold:
+        threshold = overrides.pop("threshold", None)
+        if threshold is None and method == settings.KMS_VERIFY_METHOD:
+            threshold = settings.KMS_VERIFY_THRESHOLD or None  # it belongs to that method
+        if threshold is None:
             threshold = LEXICAL_THRESHOLD if method == "lexical" else EMBEDDING_THRESHOLD
         values = {
             "verify": method,
@@ -79,6 +88,11 @@ class AnswerOptions:
             )
         if self.policy not in POLICIES:
             raise SearchError(f"Unknown policy {self.policy!r}; use one of {', '.join(POLICIES)}.")
+        if not 0.0 < self.threshold <= 1.0:
+            raise SearchError(
+                f"The verification threshold must be above 0 and at most 1, not {self.threshold}"
+                " (KMS_VERIFY_THRESHOLD)."
+            )
         if self.passage_tokens < 1 or self.max_passages < 1 or self.max_new_tokens < 1:
             raise SearchError("passage_tokens, max_passages and max_new_tokens must be positive.")
         return self
@@ -165,7 +179,7 @@ def stream_answer(
 ) -> Iterator[Token | Answer]:
     """:class:`Token` pieces of the draft as they are generated, then the final :class:`Answer`."""
     started = time.perf_counter()
-    options = options or AnswerOptions.from_settings()
+    options = (options or AnswerOptions.from_settings()).validate()
     if generator is None or isinstance(generator, str):
         generator = get_generator(generator)
     response = search(
@@ -185,7 +199,7 @@ def stream_answer(
 
     best = max((p.chunk.dense.score for p in passages if p.chunk.dense), default=0.0)
     base["similarity"] = round(best, 4)
-    weak = _weak_support(passages, best, options.min_similarity, response.message)
+    weak = _weak_support(response, passages, best, options)
     if weak:
         timings["total"] = _ms(started)
         yield Answer(text=NO_ANSWER, abstained=True, reason=weak, sources=[], **base)
@@ -230,42 +244,58 @@ def reverify(result: Answer, options: AnswerOptions) -> Answer:
 
 
 def _weak_support(
-    passages: list[SourcePassage], best: float, minimum: float, message: str
+    response: SearchResponse, passages: list[SourcePassage], best: float,
+    options: AnswerOptions,
 ) -> str:
     """Why the passages are too weak to answer from, or "" when they will do."""
+    if not passages and response.documents:
+        return (
+            "Every matching passage is longer than the passage budget "
+            f"({options.passage_tokens} tokens, KMS_ANSWER_PASSAGE_TOKENS)."
+        )
     if not passages:
-        return message or "No passage in this domain matches the question."
-    if best < minimum:
+        return response.message or "No passage in this domain matches the question."
+    if not any(p.chunk.dense for p in passages):
+        return "The passages matched only by keywords; none is close in meaning to the question."
+    if best < options.min_similarity:
         return (
             f"The closest passage is only {best:.2f} similar to the question (the minimum is "
-            f"{minimum:.2f}): the knowledge base does not seem to cover it."
+            f"{options.min_similarity:.2f}): the knowledge base does not seem to cover it."
         )
     return ""
 
 
-def _is_refusal(draft: str) -> bool:
-    """The generator said the passages do not answer (or said nothing)."""
-    flat = " ".join(draft.split()).lower()
-    return not flat or NO_ANSWER.lower().rstrip(".") in flat
+def _refusal_parts(draft: str) -> tuple[bool, str]:
+    """Whether the draft is only a refusal, and the draft without any refusal sentence."""
+    flat = _STRAY_MARKER.sub("", " ".join(draft.split())).strip()
+    refusal = NO_ANSWER.rstrip(".")
+    if not flat or flat.lower().rstrip(". ") == refusal.lower():
+        return True, ""
+    rest = re.sub(re.escape(refusal) + r"\.?", "", draft, flags=re.IGNORECASE).strip()
+    return not rest, rest
 
 
 def _finish(draft: str, options: AnswerOptions, base: dict) -> Answer:
     numbers = set(base["passage_texts"])
-    if _is_refusal(draft):
+    only_refusal, content = _refusal_parts(draft)
+    if only_refusal:
         return Answer(
             text=NO_ANSWER, abstained=True, sources=[], draft=draft,
             reason="The generator found no answer in the passages.", **base,
         )
-    sentences = parse_citations(draft, numbers)
+    sentences = [
+        AnswerSentence(_STRAY_MARKER.sub("", s.text).strip(), s.cited, s.invalid, s.start, s.end)
+        for s in parse_citations(content, numbers)
+    ]
+    sentences = [s for s in sentences if s.text]
     if options.verify == "none":
         claims = [Claim(s.text, s.cited, s.cited, None, None, s.invalid) for s in sentences]
     else:
         # A sentence whose only markers were made up is not rescued: its author guessed.
-        checks = [
-            verify([(s.text, s.cited)], base["passage_texts"], options.verify, options.threshold,
-                   attribute=not s.invalid)[0]
-            for s in sentences
-        ]
+        checks = verify(
+            [(s.text, s.cited) for s in sentences], base["passage_texts"], options.verify,
+            options.threshold, attribute=[not s.invalid for s in sentences],
+        )
         claims = [
             Claim(
                 s.text, s.cited, check.supporting, check.supported, check.score, s.invalid,

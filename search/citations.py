@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from search.prompting import SourcePassage
 
 _NUMBER_OR_RANGE = r"\d+(?:\s*[-\u2013]\s*\d+)?"
-MARKER = re.compile(rf"\[\s*{_NUMBER_OR_RANGE}(?:\s*,\s*{_NUMBER_OR_RANGE})*\s*\]")
+MARKER = re.compile(rf"\[\s*{_NUMBER_OR_RANGE}(?:\s*[,;]\s*{_NUMBER_OR_RANGE})*\s*\]")
 _MARKER_WITH_SPACE = re.compile(rf"[ \t]*{MARKER.pattern}")
 _MARKERS_AFTER = re.compile(rf"(?:[ \t]*{MARKER.pattern})+")
 _CLOSERS = "\"'\u201d\u2019)"
@@ -78,7 +78,7 @@ def citation_for(passage: SourcePassage) -> Citation:
 def marker_numbers(marker: str) -> list[int]:
     """The numbers in one marker: ``[1, 3-5]`` -> 1, 3, 4, 5."""
     numbers: list[int] = []
-    for part in marker.strip("[] \t").split(","):
+    for part in re.split(r"[,;]", marker.strip("[] \t")):
         ends = [int(n) for n in re.split(r"[-\u2013]", part)]
         if len(ends) == 2 and 0 <= ends[1] - ends[0] <= _MAX_RANGE:
             numbers.extend(range(ends[0], ends[1] + 1))

@@ -55,8 +55,9 @@ EMBEDDING_THRESHOLD = 0.6
 MIN_ATTRIBUTION_TERMS = 3
 LEXICAL_THRESHOLD = 0.7
 
-_CITATION = re.compile(r"\s*\[\d+(?:\s*[,;]\s*\d+)*\]")
-_NUMBER = re.compile(r"(?<![\w.])\d+(?:[.,]\d+)*(?![\w])")
+_CITATION = re.compile(r"\s*\[[^\[\]]*\d[^\[\]]*\]")  # anything bracketed with a digit
+# Digits may touch a unit ("500mg", "10mmHg") but not other digits.
+_NUMBER = re.compile(r"(?<![\d.,])\d+(?:[.,]\d+)*(?!\d)")
 
 
 @dataclass(frozen=True)
@@ -141,15 +142,37 @@ def _embedding_matrix(claims: Sequence[str], passages: dict[int, str]) -> np.nda
     return matrix
 
 
+def _needed(
+    claim: str, cited: list[int], threshold: float, terms: dict[int, set[str]],
+    numbers: dict[int, set[str]],
+) -> tuple[int, ...]:
+    """The cited passages a jointly supported claim needs: each one whose removal would leave
+    the rest short of the threshold or of a number (ALCE's test for a necessary citation)."""
+    claim_terms = set(analyze(claim))
+    stated = numbers_in(claim)
+    keep = list(cited)
+    for number in cited:
+        rest = [n for n in keep if n != number]
+        if rest and _recall(claim_terms, set().union(*(terms[n] for n in rest))) >= threshold \
+                and stated <= set().union(*(numbers[n] for n in rest)):
+            keep = rest
+    return tuple(keep)
+
+
 def verify(
     sentences: list[tuple[str, tuple[int, ...]]],
     passages: dict[int, str],
     method: Method,
     threshold: float,
     *,
-    attribute: bool = False,
+    attribute: bool | Sequence[bool] = False,
 ) -> list[SentenceCheck]:
-    """One check per answer sentence; citations of numbers not in ``passages`` count as nothing."""
+    """One check per answer sentence; citations of numbers not in ``passages`` count as nothing.
+
+    ``attribute`` (one flag, or one per sentence) lets an uncited sentence take the passage
+    that passes the check for it.
+    """
+    flags = [attribute] * len(sentences) if isinstance(attribute, bool) else list(attribute)
     if method not in ("embedding", "lexical"):
         raise ValueError(f"Unknown verification method {method!r}; use 'embedding' or 'lexical'.")
     numbers = sorted(passages)
@@ -166,10 +189,13 @@ def verify(
         ).reshape(len(claims), len(numbers))
 
     passage_numbers = {number: numbers_in(passages[number]) for number in numbers}
+    passage_terms_of = {number: set(analyze(passages[number])) for number in numbers}
     checks = []
     for i, (sentence, cited) in enumerate(sentences):
         known = [number for number in dict.fromkeys(cited) if number in column]
-        pool = known if cited else numbers
+        stated = numbers_in(claims[i])
+        # An uncited sentence is matched only to passages stating all of its numbers.
+        pool = known if cited else [n for n in numbers if stated <= passage_numbers[n]]
         best = max(pool, key=lambda n: (per_passage[i, column[n]], -n), default=None)
         if best is None:
             score = 0.0
@@ -180,16 +206,16 @@ def verify(
             )
         else:
             score = float(per_passage[i, column[best]])
-        stated = numbers_in(claims[i])
+        attribute_this = flags[i]
         if (
-            not cited and attribute and best is not None
+            not cited and attribute_this and best is not None
             and len(set(analyze(claims[i]))) >= MIN_ATTRIBUTION_TERMS
         ):
             known = [best]  # judged as if it had cited its best passage
         cited_numbers = set().union(*(passage_numbers[n] for n in known))
         supported = (
             bool(known) and score >= threshold and stated <= cited_numbers
-            and (bool(cited) or attribute)
+            and (bool(cited) or attribute_this)
         )
         alone = tuple(
             n for n in known
@@ -202,7 +228,8 @@ def verify(
                 supported=supported,
                 score=round(score, 4),
                 best_passage=best,
-                supporting=(alone or tuple(known)) if supported else (),
+                supporting=(alone or _needed(claims[i], known, threshold, passage_terms_of,
+                                             passage_numbers)) if supported else (),
             )
         )
     return checks

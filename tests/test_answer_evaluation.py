@@ -166,3 +166,5 @@ def test_command_rejects_bad_options(dataset: Path) -> None:
         call_command("evaluate_answers", str(dataset), "--backends", "gpt4")
     with pytest.raises(CommandError, match="expected pqal.jsonl"):
         call_command("evaluate_answers", str(dataset / "nope"))
+    with pytest.raises(CommandError, match="--limit must be 0"):
+        call_command("evaluate_answers", str(dataset), "--limit", "-1")

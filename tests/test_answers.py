@@ -89,8 +89,9 @@ def passage_number(result: Answer, source: str) -> int:
 
 def assert_citations_resolve(result: Answer) -> None:
     """Every [n] in the text is a listed source, and every source is a real chunk."""
-    markers = {int(n) for n in re.findall(r"\[(\d+)\]", result.text)}
-    assert markers == {s.number for s in result.sources}
+    bracketed = re.findall(r"\[([^\]]*\d[^\]]*)\]", result.text)
+    assert all(b.isdigit() for b in bracketed), bracketed  # no marker that is not a source
+    assert {int(b) for b in bracketed} == {s.number for s in result.sources}
     for source in result.sources:
         chunk = Chunk.objects.get(pk=source.chunk_id)
         assert (chunk.document_id, chunk.version_id) == (source.document_id, source.version_id)
@@ -220,6 +221,31 @@ def test_uncited_sentence_gets_the_passage_that_supports_it(corpus) -> None:
         assert_citations_resolve(result)
 
 
+def test_wrong_numbers_stray_markers_and_mixed_refusals(corpus) -> None:
+    question = "What is the starting dose of metformin?"
+    right = passage_number(answer(question, domain="healthcare"), "metformin.md")
+    draft = (
+        "The usual starting dose of metformin is 1000mg once daily with the evening meal "
+        f"[{right}]. "
+        "Metformin is the first-line drug for type 2 diabetes [Passage 2]. "
+        f"{NO_ANSWER}"
+    )
+    result = answer(question, domain="healthcare", generator=Scripted(draft))
+    assert "1000" not in result.text  # a unit glued to the number does not hide it
+    assert "Passage" not in result.text and NO_ANSWER not in result.text
+    assert result.text.startswith("Metformin is the first-line drug for type 2 diabetes [")
+    assert_citations_resolve(result)
+
+
+def test_bad_verification_options_are_refused_before_generating(corpus) -> None:
+    scripted = Scripted("Anything.")
+    for options in (AnswerOptions(verify="embeddings"), AnswerOptions(threshold=0.0),
+                    AnswerOptions(policy="hide")):
+        with pytest.raises(SearchError):
+            answer("metformin dose", domain="healthcare", generator=scripted, options=options)
+    assert scripted.requests == []
+
+
 def test_nothing_supported_means_no_answer(corpus) -> None:
     """On-topic but wrong: a dose the passage does not give, under both checks."""
     question = "What is the starting dose of metformin?"
@@ -266,7 +292,7 @@ def test_streaming_yields_the_draft_then_the_verified_answer(corpus) -> None:
     events = list(stream_answer("How long does the influenza vaccine take to work?",
                                 domain="healthcare"))
     *tokens, final = events
-    assert tokens and all(isinstance(t, Token) for t in tokens)
+    assert len(tokens) > 1 and all(isinstance(t, Token) for t in tokens)
     assert isinstance(final, Answer) and not final.abstained
     assert "".join(t.text for t in tokens).strip() == final.draft
     assert "two weeks" in final.text

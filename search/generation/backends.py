@@ -47,14 +47,20 @@ def _build(name: str) -> Generator:
             f"The openai generator needs an endpoint: set {BASE_URL_SETTING} "
             "(e.g. http://127.0.0.1:8000/v1 for vLLM, http://127.0.0.1:11434/v1 for Ollama)."
         )
-    return OpenAICompatibleGenerator(
-        settings.KMS_OPENAI_BASE_URL,
-        settings.KMS_OPENAI_MODEL,
-        api_key=settings.KMS_OPENAI_API_KEY or None,
-        timeout=settings.KMS_OPENAI_TIMEOUT_SECONDS,
-        connect_timeout=settings.KMS_OPENAI_CONNECT_TIMEOUT_SECONDS,
-        retries=settings.KMS_OPENAI_RETRIES,
-    )
+    try:
+        return OpenAICompatibleGenerator(
+            settings.KMS_OPENAI_BASE_URL,
+            settings.KMS_OPENAI_MODEL,
+            api_key=settings.KMS_OPENAI_API_KEY or None,
+            timeout=settings.KMS_OPENAI_TIMEOUT_SECONDS,
+            connect_timeout=settings.KMS_OPENAI_CONNECT_TIMEOUT_SECONDS,
+            retries=settings.KMS_OPENAI_RETRIES,
+        )
+    except ValueError as exc:
+        raise GeneratorError(
+            f"openai generator: {exc}; check KMS_OPENAI_TIMEOUT_SECONDS, "
+            "KMS_OPENAI_CONNECT_TIMEOUT_SECONDS and KMS_OPENAI_RETRIES."
+        ) from exc
 
 
 def get_generator(name: str | None = None) -> Generator:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import random
 import time
 from pathlib import Path
 
@@ -12,10 +11,12 @@ from tqdm import tqdm
 from kms.store.models import Domain
 from search.answer_evaluation import (
     OFF_TOPIC,
+    SOURCE_PREFIX,
     VERIFICATIONS,
     ensure_index,
     evaluate,
     format_table,
+    pick_questions,
     read_pubmedqa,
     store_contexts,
 )
@@ -23,6 +24,7 @@ from search.beir import DatasetError
 from search.generation.backends import BACKENDS, get_generator
 from search.generation.base import GeneratorError
 from search.management.cli import process_with_progress
+from search.retrieval import SearchError
 
 
 class Command(BaseCommand):
@@ -47,9 +49,12 @@ class Command(BaseCommand):
     def handle(self, *args, **options) -> None:
         try:
             items = read_pubmedqa(options["dataset_dir"])
+            test = pick_questions(items, options["limit"], options["seed"])
         except DatasetError as exc:
             raise CommandError(str(exc)) from exc
         names = [n.strip() for n in options["backends"].split(",") if n.strip()]
+        if not names:
+            raise CommandError(f"Name at least one backend: {', '.join(BACKENDS)}.")
         verifications = [v.strip() for v in options["verifications"].split(",") if v.strip()]
         unknown = [v for v in verifications if v not in VERIFICATIONS]
         if unknown:
@@ -62,17 +67,17 @@ class Command(BaseCommand):
         domain, _ = Domain.objects.get_or_create(
             slug=options["domain"], defaults={"name": "PubMedQA"}
         )
+        if domain.documents.exclude(source__startswith=SOURCE_PREFIX).exists():
+            raise CommandError(
+                f"Domain {domain.slug!r} holds other documents; PubMedQA's 1,000 abstracts are "
+                "not added to it. Use a domain of its own (the default is pubmedqa)."
+            )
         queued = store_contexts(items, domain)
         if queued:
             self.stdout.write(f"Embedding {len(queued)} new PubMedQA contexts in this process.")
             process_with_progress(queued, inline=True, label="Processing")
         ensure_index(domain)
 
-        test = [item for item in items if item.split == "test"]
-        if options["limit"]:
-            test = sorted(random.Random(options["seed"]).sample(test, min(options["limit"],
-                                                                          len(test))),
-                          key=lambda item: item.pmid)
         bar = tqdm(total=len(test) * len(backends), desc="Answering", unit="q",
                    dynamic_ncols=True)
         started = time.monotonic()
@@ -80,7 +85,7 @@ class Command(BaseCommand):
             report = evaluate(test, backends, domain, verifications=verifications,
                               on_answer=lambda name: (bar.set_postfix(backend=name),
                                                       bar.update()))
-        except GeneratorError as exc:
+        except (GeneratorError, SearchError) as exc:
             raise CommandError(str(exc)) from exc
         finally:
             bar.close()
