@@ -56,7 +56,7 @@ class AnswerOptions:
     verify: VerifyMethod = "lexical"
     threshold: float = LEXICAL_THRESHOLD
     policy: Policy = "remove"
-    min_similarity: float = 0.3
+    min_similarity: float = 0.45
     passage_tokens: int = 1200
     max_passages: int = 6
     max_new_tokens: int = 256
