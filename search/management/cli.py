@@ -14,6 +14,20 @@ from search.embedding import ModelNotFoundError
 from search.ingest import IngestResult, Progress, failures, process_inline, wait_for_versions
 
 
+def access_for(username: str | None):
+    """The access of ``--user NAME`` (unrestricted without one); CommandError for no such user."""
+    from django.contrib.auth import get_user_model
+
+    from search.retrieval import UNRESTRICTED, Access
+
+    if not username:
+        return UNRESTRICTED
+    user = get_user_model().objects.filter(username=username).first()
+    if user is None:
+        raise CommandError(f"No user {username!r}.")
+    return Access.for_user(user)
+
+
 def require_worker(timeout: float = 2.0) -> None:
     """Fail early, before anything is stored, when no Celery worker would process it."""
     from kms.celery import app

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from dataclasses import asdict
 
-from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from search.answers import (
@@ -19,7 +18,7 @@ from search.answers import (
     stream_answer,
 )
 from search.generation.backends import BACKENDS
-from search.retrieval import UNRESTRICTED, Access
+from search.management.cli import access_for
 
 
 class Command(BaseCommand):
@@ -41,12 +40,7 @@ class Command(BaseCommand):
         parser.add_argument("--user", help="Answer as this user (their access groups apply).")
 
     def handle(self, *args, **options) -> None:
-        access = UNRESTRICTED
-        if options["user"]:
-            user = get_user_model().objects.filter(username=options["user"]).first()
-            if user is None:
-                raise CommandError(f"No user {options['user']!r}.")
-            access = Access.for_user(user)
+        access = access_for(options["user"])
         try:
             settings_options = AnswerOptions.from_settings(
                 verify=options["verify"], policy=options["policy"]

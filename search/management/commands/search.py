@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils.html import strip_tags
 
+from search.management.cli import access_for
 from search.retrieval import (
     FUSION_METHODS,
     MODES,
-    UNRESTRICTED,
-    Access,
     FusionOptions,
     SearchError,
     search,
@@ -29,12 +27,7 @@ class Command(BaseCommand):
         parser.add_argument("--user", help="Search as this user (their access groups apply).")
 
     def handle(self, *args, **options) -> None:
-        access = UNRESTRICTED
-        if options["user"]:
-            user = get_user_model().objects.filter(username=options["user"]).first()
-            if user is None:
-                raise CommandError(f"No user {options['user']!r}.")
-            access = Access.for_user(user)
+        access = access_for(options["user"])
         fusion = None
         if options["fusion"]:
             defaults = FusionOptions.from_settings()
