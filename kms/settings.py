@@ -31,20 +31,20 @@ def env_bool(name: str, default: bool = False) -> bool:
     return value.strip().lower() in {"1", "true", "yes", "on"}
 
 
-def env_int(name: str, default: int) -> int:
+def _env_number(name: str, default, kind: type, what: str):
     value = os.environ.get(name, "")
     try:
-        return int(value) if value.strip() else default
+        return kind(value) if value.strip() else default
     except ValueError as exc:
-        raise ValueError(f"Environment variable {name} must be an integer, got {value!r}") from exc
+        raise ValueError(f"Environment variable {name} must be {what}, got {value!r}") from exc
+
+
+def env_int(name: str, default: int) -> int:
+    return _env_number(name, default, int, "an integer")
 
 
 def env_float(name: str, default: float) -> float:
-    value = os.environ.get(name, "")
-    try:
-        return float(value) if value.strip() else default
-    except ValueError as exc:
-        raise ValueError(f"Environment variable {name} must be a number, got {value!r}") from exc
+    return _env_number(name, default, float, "a number")
 
 
 def env_list(name: str, default: str) -> list[str]:

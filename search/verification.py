@@ -50,10 +50,10 @@ from search.text_analysis import analyze
 Method = Literal["embedding", "lexical"]
 
 EMBEDDING_THRESHOLD = 0.6
+LEXICAL_THRESHOLD = 0.7
 # An uncited sentence needs this many distinct terms to be given a citation: "HACKED." copied
 # from an injected passage matches it fully, but a word or two is not a claim worth citing.
 MIN_ATTRIBUTION_TERMS = 3
-LEXICAL_THRESHOLD = 0.7
 
 _CITATION = re.compile(r"\s*\[[^\[\]]*\d[^\[\]]*\]")  # anything bracketed with a digit
 # Digits may touch a unit ("500mg", "10mmHg") but not other digits.
@@ -143,13 +143,11 @@ def _embedding_matrix(claims: Sequence[str], passages: dict[int, str]) -> np.nda
 
 
 def _needed(
-    claim: str, cited: list[int], threshold: float, terms: dict[int, set[str]],
-    numbers: dict[int, set[str]],
+    claim_terms: set[str], stated: set[str], cited: list[int], threshold: float,
+    terms: dict[int, set[str]], numbers: dict[int, set[str]],
 ) -> tuple[int, ...]:
     """The cited passages a jointly supported claim needs: each one whose removal would leave
     the rest short of the threshold or of a number (ALCE's test for a necessary citation)."""
-    claim_terms = set(analyze(claim))
-    stated = numbers_in(claim)
     keep = list(cited)
     for number in cited:
         rest = [n for n in keep if n != number]
@@ -178,18 +176,17 @@ def verify(
     numbers = sorted(passages)
     column = {number: k for k, number in enumerate(numbers)}
     claims = [strip_citations(sentence) for sentence, _ in sentences]
+    claim_terms = [set(analyze(claim)) for claim in claims]
+    passage_terms = {number: set(analyze(passages[number])) for number in numbers}
+    passage_numbers = {number: numbers_in(passages[number]) for number in numbers}
     if method == "embedding":
         per_passage = _embedding_matrix(claims, passages)
     else:
-        passage_terms = [set(analyze(passages[number])) for number in numbers]
-        claim_terms = [set(analyze(claim)) for claim in claims]
         per_passage = np.array(
-            [[_recall(terms, p) for p in passage_terms] for terms in claim_terms],
+            [[_recall(terms, passage_terms[n]) for n in numbers] for terms in claim_terms],
             dtype=np.float32,
         ).reshape(len(claims), len(numbers))
 
-    passage_numbers = {number: numbers_in(passages[number]) for number in numbers}
-    passage_terms_of = {number: set(analyze(passages[number])) for number in numbers}
     checks = []
     for i, (sentence, cited) in enumerate(sentences):
         known = [number for number in dict.fromkeys(cited) if number in column]
@@ -201,15 +198,13 @@ def verify(
             score = 0.0
         elif method == "lexical" and cited:
             # Recall against the cited passages together: a claim may draw on two of them.
-            score = _recall(
-                set(analyze(claims[i])), set().union(*(passage_terms[column[n]] for n in known))
-            )
+            score = _recall(claim_terms[i], set().union(*(passage_terms[n] for n in known)))
         else:
             score = float(per_passage[i, column[best]])
         attribute_this = flags[i]
         if (
             not cited and attribute_this and best is not None
-            and len(set(analyze(claims[i]))) >= MIN_ATTRIBUTION_TERMS
+            and len(claim_terms[i]) >= MIN_ATTRIBUTION_TERMS
         ):
             known = [best]  # judged as if it had cited its best passage
         cited_numbers = set().union(*(passage_numbers[n] for n in known))
@@ -228,8 +223,9 @@ def verify(
                 supported=supported,
                 score=round(score, 4),
                 best_passage=best,
-                supporting=(alone or _needed(claims[i], known, threshold, passage_terms_of,
-                                             passage_numbers)) if supported else (),
+                supporting=(alone or _needed(claim_terms[i], stated, known, threshold,
+                                             passage_terms, passage_numbers))
+                if supported else (),
             )
         )
     return checks
