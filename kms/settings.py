@@ -177,11 +177,11 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
 }
 CELERY_BEAT_SCHEDULE = {
     "requeue-stalled-documents": {
-        "task": "search.tasks.requeue_stalled",
+        "task": "search.ingestion.tasks.requeue_stalled",
         "schedule": env_int("KMS_REQUEUE_EVERY_SECONDS", 300),
     },
     "refresh-stale-bm25-indexes": {
-        "task": "search.tasks.refresh_stale_bm25",
+        "task": "search.retrieval.tasks.refresh_stale_bm25",
         "schedule": env_int("KMS_BM25_CHECK_EVERY_SECONDS", 120),
     },
 }

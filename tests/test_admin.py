@@ -7,8 +7,9 @@ from django.contrib.admin.models import LogEntry
 from django.test import Client
 
 from kms.store.models import Chunk, Document, DocumentVersion, Domain, Status
-from search.ingest import add_document, process_inline
-from search.pipeline import embed_pending
+from search.ingestion.documents import add_document
+from search.ingestion.pipeline import embed_pending
+from search.ingestion.progress import process_inline
 
 pytestmark = pytest.mark.django_db
 

@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 from django.core.management import CommandError, call_command
 
-from search.answer_evaluation import (
+from search.answering.answers import Answer, Claim
+from search.answering.citations import Citation
+from search.evaluation.answers import (
     CitationCounts,
     citation_counts,
     context_markdown,
@@ -19,9 +21,7 @@ from search.answer_evaluation import (
     rouge_l,
     token_f1,
 )
-from search.answers import Answer, Claim
-from search.beir import DatasetError
-from search.citations import Citation
+from search.evaluation.beir import DatasetError
 
 ROWS = [
     {

@@ -19,11 +19,12 @@ from django.contrib.auth.models import Group, User
 from django.core.management import CommandError, call_command
 
 from kms.store.models import Chunk, DocumentVersion, Domain
-from search import bm25_store
-from search.answers import NO_ANSWER, Answer, AnswerOptions, Token, answer, stream_answer
-from search.generation.base import GenerationRequest, GeneratorError
-from search.ingest import add_document, process_inline
-from search.retrieval import Access, SearchError
+from search.answering.answers import NO_ANSWER, Answer, AnswerOptions, Token, answer, stream_answer
+from search.answering.generation.base import GenerationRequest, GeneratorError
+from search.ingestion.documents import add_document
+from search.ingestion.progress import process_inline
+from search.retrieval import index_store as bm25_store
+from search.retrieval.search import Access, SearchError
 
 pytestmark = pytest.mark.django_db
 

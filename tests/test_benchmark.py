@@ -9,8 +9,7 @@ import pytest
 from django.core.management import call_command
 
 from kms.store.models import Chunk, Document, Domain
-from search import bm25_store
-from search.benchmark import (
+from search.evaluation.benchmark import (
     grow_domain,
     load_queries,
     percentiles,
@@ -18,7 +17,9 @@ from search.benchmark import (
     run_benchmark,
     searchable_count,
 )
-from search.ingest import add_document, process_inline
+from search.ingestion.documents import add_document
+from search.ingestion.progress import process_inline
+from search.retrieval import index_store as bm25_store
 
 TOPICS = {
     "sepsis": "Sepsis screening uses NEWS2. A score of five triggers a review within thirty "

@@ -14,15 +14,15 @@ import numpy as np
 import pytest
 from rank_bm25 import BM25Okapi
 
-from search.bench_bm25 import (
+from search.evaluation.bm25_comparison import (
     UNKNOWN_TERM,
     compare_with_rank_bm25,
     reference_top_k,
     synthetic_corpus,
     synthetic_queries,
 )
-from search.bm25 import BM25Index, BM25Params
-from search.text_analysis import STOP_WORDS, analyze, analyze_many
+from search.retrieval.bm25 import BM25Index, BM25Params
+from search.retrieval.text_analysis import STOP_WORDS, analyze, analyze_many
 
 K = 100
 

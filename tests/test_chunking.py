@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from search.chunking import (
+from search.ingestion.chunking import (
     ChunkPiece,
     HFTokenizer,
     Tokenizer,
@@ -20,7 +20,7 @@ from search.chunking import (
     load_tokenizer,
     split_sentences,
 )
-from search.parsing.types import Block, Page, ParsedDocument
+from search.ingestion.parsing.types import Block, Page, ParsedDocument
 
 
 class WordTokenizer:

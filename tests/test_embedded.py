@@ -11,8 +11,8 @@ import redis
 from django.db import connection
 
 from kms import embedded
-from search.demo import demo_dir
-from search.parsing import parse
+from search.ingestion.demo import demo_dir
+from search.ingestion.parsing import parse
 
 
 def closed_port() -> int:

@@ -12,8 +12,7 @@ import pytest
 from django.core.management import CommandError, call_command
 
 from kms.store.models import Domain
-from search import bm25_store
-from search.evaluation import (
+from search.evaluation.retrieval import (
     OTHER_PREFIX,
     beir_prefix,
     evaluate_run,
@@ -21,7 +20,8 @@ from search.evaluation import (
     run_queries,
     tune_fusion,
 )
-from search.retrieval import FusionOptions
+from search.retrieval import index_store as bm25_store
+from search.retrieval.search import FusionOptions
 
 
 def test_evaluate_run_matches_hand_computed_metrics() -> None:

@@ -10,9 +10,9 @@ import re
 
 import pytest
 
-from search.generation.base import GenerationRequest, Passage, generate
-from search.generation.extractive import NO_ANSWER, ExtractiveGenerator, passage_sentences
-from search.verification import (
+from search.answering.generation.base import GenerationRequest, Passage, generate
+from search.answering.generation.extractive import NO_ANSWER, ExtractiveGenerator, passage_sentences
+from search.answering.verification import (
     EMBEDDING_THRESHOLD,
     LEXICAL_THRESHOLD,
     embedding_support,

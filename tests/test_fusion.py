@@ -2,7 +2,7 @@
 
 import pytest
 
-from search.fusion import min_max, ranked, reciprocal_rank_fusion, weighted_fusion
+from search.retrieval.fusion import min_max, ranked, reciprocal_rank_fusion, weighted_fusion
 
 
 def test_rrf_adds_reciprocal_ranks() -> None:

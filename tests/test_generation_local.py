@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 from django.conf import settings
 
-from search.generation import local
-from search.generation.base import GenerationRequest, GeneratorError, Message, generate
-from search.generation.local import LocalGenerator
+from search.answering.generation import local
+from search.answering.generation.base import GenerationRequest, GeneratorError, Message, generate
+from search.answering.generation.local import LocalGenerator
 
 QUESTION = (
     Message("system", "You are a helpful assistant."),

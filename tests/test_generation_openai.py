@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from search.generation.base import GenerationRequest, GeneratorError, Message, generate
-from search.generation.openai_http import OpenAICompatibleGenerator, chat_completions_url
+from search.answering.generation.base import GenerationRequest, GeneratorError, Message, generate
+from search.answering.generation.openai_http import OpenAICompatibleGenerator, chat_completions_url
 
 API_KEY = "sk-test-secret-4f9a"
 PIECES = ["The ", "answer ", "is ", "42."]

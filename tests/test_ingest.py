@@ -6,7 +6,7 @@ import pytest
 from django.contrib.auth.models import Group
 
 from kms.store.models import Document, DocumentVersion, Domain, Status
-from search.ingest import UnknownDomainError, add_document, get_domain, iter_files
+from search.ingestion.documents import UnknownDomainError, add_document, get_domain, iter_files
 
 pytestmark = pytest.mark.django_db
 

@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pypdf import PdfReader, PdfWriter
 
-from search.parsing import (
+from search.ingestion.parsing import (
     CSV,
     DOCX,
     HTML,
@@ -30,8 +30,8 @@ from search.parsing import (
     detect_media_type,
     parse,
 )
-from search.parsing.markdown import parse_markdown
-from search.parsing.text import parse_text
+from search.ingestion.parsing.markdown import parse_markdown
+from search.ingestion.parsing.text import parse_text
 
 # --- fixtures built in memory ------------------------------------------------------------------
 

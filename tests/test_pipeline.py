@@ -13,8 +13,9 @@ import pytest
 from fpdf import FPDF
 
 from kms.store.models import Chunk, Document, DocumentVersion, Domain, Status
-from search import pipeline
-from search.ingest import add_document, process_inline
+from search.ingestion import pipeline
+from search.ingestion.documents import add_document
+from search.ingestion.progress import process_inline
 
 pytestmark = pytest.mark.django_db
 

@@ -4,22 +4,22 @@ from __future__ import annotations
 
 import pytest
 
-from search.citations import (
+from search.answering.citations import (
     AnswerSentence,
     citation_for,
     marker_numbers,
     parse_citations,
     render,
 )
-from search.generation.base import Passage
-from search.prompting import (
+from search.answering.generation.base import Passage
+from search.answering.prompting import (
     NO_ANSWER,
     SourcePassage,
     build_request,
     choose_passages,
     neutralise,
 )
-from search.retrieval import ChunkHit, DocumentHit, SearchResponse
+from search.retrieval.search import ChunkHit, DocumentHit, SearchResponse
 
 
 def words(text: str) -> int:

@@ -8,9 +8,10 @@ import pytest
 from django.contrib.auth.models import Group, User
 
 from kms.store.models import Chunk, Document, Domain
-from search import bm25_store
-from search.ingest import add_document, process_inline
-from search.retrieval import Access, FusionOptions, SearchError, SearchFilters, search
+from search.ingestion.documents import add_document
+from search.ingestion.progress import process_inline
+from search.retrieval import index_store as bm25_store
+from search.retrieval.search import Access, FusionOptions, SearchError, SearchFilters, search
 
 pytestmark = pytest.mark.django_db
 

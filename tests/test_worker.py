@@ -8,8 +8,9 @@ import pytest
 from django.db import transaction
 
 from kms.store.models import Chunk, DocumentVersion, Domain, Status
-from search.ingest import add_document, wait_for_versions
-from search.retrieval import search
+from search.ingestion.documents import add_document
+from search.ingestion.progress import wait_for_versions
+from search.retrieval.search import search
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
@@ -104,7 +105,7 @@ def test_beat_jobs_requeue_lost_versions_and_rebuild_stale_indexes(
     worker_factory, domain: Domain, settings, tmp_path
 ) -> None:
     """A version whose message was lost (queue empty, still pending) is sent again."""
-    from search.tasks import refresh_stale_bm25, requeue_stalled
+    from search.ingestion.tasks import refresh_stale_bm25, requeue_stalled
 
     settings.KMS_INDEX_DIR = tmp_path / "indexes"
     settings.KMS_STALLED_AFTER_SECONDS = 0

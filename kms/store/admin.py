@@ -9,7 +9,7 @@ from django.template.defaultfilters import pluralize
 from django.utils.html import format_html
 
 from kms.store.models import Chunk, Document, DocumentVersion, Domain
-from search.ingest import reembed, reprocess
+from search.ingestion.documents import reembed, reprocess
 
 
 @admin.register(Domain)

@@ -134,7 +134,7 @@ class Chunk(models.Model):
     document = models.ForeignKey(Document, on_delete=models.CASCADE, related_name="chunks")
     version = models.ForeignKey(DocumentVersion, on_delete=models.CASCADE, related_name="chunks")
     # Copies of document facts, so search filters touch only this table and the planner can
-    # walk the HNSW index instead of joining first (kept in step by search.pipeline).
+    # walk the HNSW index instead of joining first (kept in step by search.ingestion.pipeline).
     domain = models.ForeignKey(Domain, on_delete=models.CASCADE, related_name="+")
     is_current = models.BooleanField(
         default=False, help_text="Belongs to the version its document serves."

@@ -10,15 +10,16 @@ from django.conf import settings
 from django.core.management.base import CommandError, OutputWrapper
 from tqdm import tqdm
 
-from search.embedding import ModelNotFoundError
-from search.ingest import IngestResult, Progress, failures, process_inline, wait_for_versions
+from search.ingestion.documents import IngestResult
+from search.ingestion.embedding import ModelNotFoundError
+from search.ingestion.progress import Progress, failures, process_inline, wait_for_versions
 
 
 def access_for(username: str | None):
     """The access of ``--user NAME`` (unrestricted without one); CommandError for no such user."""
     from django.contrib.auth import get_user_model
 
-    from search.retrieval import UNRESTRICTED, Access
+    from search.retrieval.search import UNRESTRICTED, Access
 
     if not username:
         return UNRESTRICTED

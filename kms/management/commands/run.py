@@ -11,7 +11,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from kms import embedded, system
 from kms.supervisor import ServiceDied, Supervisor
-from search.demo import load_demo
+from search.ingestion.demo import load_demo
 from search.management.cli import print_summary, process_with_progress
 
 

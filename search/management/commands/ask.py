@@ -7,7 +7,7 @@ from dataclasses import asdict
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from search.answers import (
+from search.answering.answers import (
     POLICIES,
     VERIFY_METHODS,
     Answer,
@@ -17,7 +17,7 @@ from search.answers import (
     Token,
     stream_answer,
 )
-from search.generation.backends import BACKENDS
+from search.answering.generation.backends import BACKENDS
 from search.management.cli import access_for
 
 

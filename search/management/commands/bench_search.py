@@ -6,14 +6,14 @@ from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from search.benchmark import (
+from search.evaluation.benchmark import (
     DEFAULT_QUERIES_FILE,
     BenchmarkError,
     format_table,
     run_benchmark,
     write_report,
 )
-from search.retrieval import MODES
+from search.retrieval.search import MODES
 
 
 class Command(BaseCommand):

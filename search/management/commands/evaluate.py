@@ -9,10 +9,11 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from tqdm import tqdm
 
 from kms.store.models import Document, Domain
-from search import bm25_store, evaluation
-from search.beir import DatasetError, read_qrels, read_queries
-from search.ingest import UnknownDomainError, get_domain
-from search.retrieval import FUSION_METHODS, MODES, FusionOptions, SearchError
+from search.evaluation import retrieval as evaluation
+from search.evaluation.beir import DatasetError, read_qrels, read_queries
+from search.ingestion.documents import UnknownDomainError, get_domain
+from search.retrieval import index_store as bm25_store
+from search.retrieval.search import FUSION_METHODS, MODES, FusionOptions, SearchError
 
 
 class Command(BaseCommand):

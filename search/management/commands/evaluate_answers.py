@@ -9,7 +9,9 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from tqdm import tqdm
 
 from kms.store.models import Domain
-from search.answer_evaluation import (
+from search.answering.generation.backends import BACKENDS, get_generator
+from search.answering.generation.base import GeneratorError
+from search.evaluation.answers import (
     OFF_TOPIC,
     SOURCE_PREFIX,
     VERIFICATIONS,
@@ -20,11 +22,9 @@ from search.answer_evaluation import (
     read_pubmedqa,
     store_contexts,
 )
-from search.beir import DatasetError
-from search.generation.backends import BACKENDS, get_generator
-from search.generation.base import GeneratorError
+from search.evaluation.beir import DatasetError
 from search.management.cli import process_with_progress
-from search.retrieval import SearchError
+from search.retrieval.search import SearchError
 
 
 class Command(BaseCommand):

@@ -11,9 +11,14 @@ from django.db import transaction
 from tqdm import tqdm
 
 from kms.store.models import Chunk
-from search.beir import DatasetError, read_corpus
-from search.embedding import get_embedder, passage_text
-from search.ingest import UnknownDomainError, add_document, get_domain, queue_processing
+from search.evaluation.beir import DatasetError, read_corpus
+from search.ingestion.documents import (
+    UnknownDomainError,
+    add_document,
+    get_domain,
+    queue_processing,
+)
+from search.ingestion.embedding import get_embedder, passage_text
 from search.management.cli import print_summary, process_with_progress, require_worker
 
 

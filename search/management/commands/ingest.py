@@ -9,7 +9,7 @@ from django.contrib.auth.models import Group
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from tqdm import tqdm
 
-from search.ingest import UnknownDomainError, get_domain, ingest_file, iter_files
+from search.ingestion.documents import UnknownDomainError, get_domain, ingest_file, iter_files
 from search.management.cli import print_summary, process_with_progress, require_worker
 
 

@@ -6,7 +6,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils.html import strip_tags
 
 from search.management.cli import access_for
-from search.retrieval import (
+from search.retrieval.search import (
     FUSION_METHODS,
     MODES,
     FusionOptions,

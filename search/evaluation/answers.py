@@ -1,0 +1,400 @@
+"""Answer quality on PubMedQA: the figures ``manage.py evaluate_answers`` prints.
+
+Each PubMedQA item's context (an abstract without its conclusion, in labelled sections) is
+stored as one document of a domain, so every question is answered by real retrieval over all
+1,000 abstracts; the gold long answer is the abstract's conclusion.
+
+Each backend generates once per question with verification off; every verification method is
+then applied to that same draft (:func:`search.answering.answers.reverify`), so "with" and "without"
+verification are compared on identical text.
+
+Citation quality follows ALCE (Gao et al., 2023): citation recall is the share of answer
+sentences that their cited passages, taken together, support; citation precision is the share
+of citations that support their sentence alone, or are needed for the joint support. ALCE
+judges support with an NLI model; none is available offline here, so :func:`judge` requires
+*both* serving checks and matching numbers (embedding >= 0.6, lexical >= 0.7). That is
+stricter than either check alone but shares their blind spots, so the gold-source share (the
+citations that point into the question's own abstract) is reported beside it as a check that
+does not depend on them.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import string
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from django.db import transaction
+
+from kms.store.models import Domain
+from search.answering.answers import Answer, AnswerOptions, answer, reverify
+from search.answering.generation.base import Generator
+from search.answering.verification import (
+    EMBEDDING_THRESHOLD,
+    LEXICAL_THRESHOLD,
+    embedding_support,
+    lexical_support,
+    numbers_in,
+    strip_citations,
+)
+from search.evaluation.beir import DatasetError
+from search.ingestion.documents import add_document
+from search.retrieval import index_store as bm25_store
+
+SOURCE_PREFIX = "pubmedqa:"
+VERIFICATIONS = ("none", "embedding", "lexical")
+DECISIONS = ("yes", "no", "maybe")
+# Questions no biomedical abstract answers: every one should get the no-answer sentence.
+OFF_TOPIC = (
+    "Who won the football world cup in 1998?",
+    "What is the capital of Australia?",
+    "How do I reset my email password?",
+    "What is the interest rate on a 30-year mortgage?",
+    "When is the deadline for course registration?",
+    "Can you recommend a good pasta recipe?",
+    "How tall is the Eiffel Tower?",
+    "What is the exchange rate from euros to dollars?",
+    "How many players are on a basketball team?",
+    "Who wrote Pride and Prejudice?",
+)
+# "Yes, ...", "No.", and the small models' "The answer to this question is: No."
+_DECISION = re.compile(
+    r"^\W*(?:the answer(?: to (?:this|the) question)? is\W*)?(yes|no|maybe)\b", re.IGNORECASE
+)
+_MARKER = re.compile(r"\s*\[\d+(?:\s*[,\u2013-]\s*\d+)*\]")
+
+
+@dataclass(frozen=True)
+class QAItem:
+    pmid: str
+    split: str
+    question: str
+    contexts: tuple[str, ...]
+    labels: tuple[str, ...]
+    long_answer: str
+    decision: str
+
+
+def read_pubmedqa(path: Path) -> list[QAItem]:
+    """Items of ``pqal.jsonl`` (``path`` is that file or its directory)."""
+    file = path / "pqal.jsonl" if path.is_dir() else path
+    if not file.is_file():
+        raise DatasetError(f"No PubMedQA file at {file} (expected pqal.jsonl).")
+    items = []
+    with file.open(encoding="utf-8") as fh:
+        for number, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                items.append(QAItem(
+                    str(row["pmid"]), row["split"], row["question"], tuple(row["contexts"]),
+                    tuple(row.get("context_labels") or ()), row["long_answer"],
+                    row["final_decision"],
+                ))
+            except (json.JSONDecodeError, KeyError, TypeError) as exc:
+                raise DatasetError(f"{file}:{number}: not a PubMedQA row ({exc})") from exc
+    return items
+
+
+def context_markdown(item: QAItem) -> str:
+    """The abstract as Markdown, one section per labelled context (BACKGROUND, METHODS, ...)."""
+    labels = item.labels if len(item.labels) == len(item.contexts) else ()
+    parts = []
+    for k, text in enumerate(item.contexts):
+        if labels:
+            parts.append(f"## {labels[k].strip().title()}\n\n{text.strip()}")
+        else:
+            parts.append(text.strip())
+    return "\n\n".join(parts) + "\n"
+
+
+def store_contexts(items: Iterable[QAItem], domain: Domain) -> list[int]:
+    """Add each context as a document (unchanged ones are skipped); the versions to process."""
+    queued = []
+    for item in items:
+        with transaction.atomic():
+            result = add_document(
+                domain, source=f"{SOURCE_PREFIX}{item.pmid}", filename=f"{item.pmid}.md",
+                content=context_markdown(item).encode("utf-8"), title=f"PMID {item.pmid}",
+                queue=False,
+            )
+        if result.outcome == "queued":
+            queued.append(result.version_id)
+    return queued
+
+
+def pick_questions(items: Sequence[QAItem], limit: int, seed: int) -> list[QAItem]:
+    """The test questions to answer: ``limit`` of them (0: all), the same for a given seed."""
+    if limit < 0:
+        raise DatasetError(f"--limit must be 0 (all) or more, not {limit}.")
+    test = [item for item in items if item.split == "test"]
+    if limit:
+        test = random.Random(seed).sample(test, min(limit, len(test)))
+    return sorted(test, key=lambda item: item.pmid)
+
+
+def ensure_index(domain: Domain) -> None:
+    stale = bm25_store.stale_domains()
+    if bm25_store.current_index(domain.slug, "chunks") is None or domain.pk in stale:
+        bm25_store.build_index(domain)
+
+
+# --- answer text metrics ------------------------------------------------------------------
+
+def _normalise(text: str) -> list[str]:
+    """SQuAD's normalisation: lower case, no punctuation, articles or citation markers."""
+    text = _MARKER.sub("", text).lower()
+    text = "".join(ch for ch in text if ch not in string.punctuation)
+    return [t for t in text.split() if t not in ("a", "an", "the")]
+
+
+def token_f1(prediction: str, gold: str) -> float:
+    predicted, expected = _normalise(prediction), _normalise(gold)
+    common = sum((Counter(predicted) & Counter(expected)).values())
+    if not predicted or not expected or not common:
+        return 0.0
+    precision, recall = common / len(predicted), common / len(expected)
+    return 2 * precision * recall / (precision + recall)
+
+
+_rouge = None
+
+
+def rouge_l(prediction: str, gold: str) -> float:
+    global _rouge
+    if _rouge is None:
+        from rouge_score import rouge_scorer
+
+        _rouge = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    return float(_rouge.score(gold, _MARKER.sub("", prediction))["rougeL"].fmeasure)
+
+
+def decision_of(text: str) -> str | None:
+    """yes / no / maybe when the answer opens with one, else None."""
+    match = _DECISION.match(text)
+    return match.group(1).lower() if match else None
+
+
+# --- citation quality (ALCE-style) --------------------------------------------------------
+
+def judge(sentence: str, passages: Sequence[str]) -> bool:
+    """Whether ``passages`` together support ``sentence`` (see the module docstring)."""
+    claim = strip_citations(sentence)
+    if not claim or not passages:
+        return False
+    if not numbers_in(claim) <= set().union(*(numbers_in(p) for p in passages)):
+        return False
+    return (
+        lexical_support(claim, list(passages)) >= LEXICAL_THRESHOLD
+        and embedding_support(claim, list(passages)) >= EMBEDDING_THRESHOLD
+    )
+
+
+@dataclass
+class CitationCounts:
+    sentences: int = 0
+    supported: int = 0  # sentences their citations support (recall numerator)
+    citations: int = 0
+    precise: int = 0  # citations that support alone or are needed (precision numerator)
+    gold: int = 0  # citations into the question's own abstract
+
+    def add(self, other: CitationCounts) -> None:
+        for name in ("sentences", "supported", "citations", "precise", "gold"):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+
+def citation_counts(result: Answer, gold_document: int | None) -> CitationCounts:
+    """ALCE counts for the sentences the user sees (none when the answer abstains)."""
+    counts = CitationCounts()
+    if result.abstained:
+        return counts
+    by_number = {c.number: c for c in result.passages}
+    for claim in result.claims:
+        if not claim.kept:
+            continue
+        counts.sentences += 1
+        texts = {n: result.passage_texts[n] for n in claim.citations}
+        together = judge(claim.text, list(texts.values()))
+        counts.supported += together
+        for n in claim.citations:
+            counts.citations += 1
+            counts.gold += by_number[n].document_id == gold_document
+            alone = judge(claim.text, [texts[n]])
+            others = [t for m, t in texts.items() if m != n]
+            needed = together and not (others and judge(claim.text, others))
+            counts.precise += alone or needed
+    return counts
+
+
+# --- the evaluation -----------------------------------------------------------------------
+
+@dataclass
+class Row:
+    """One backend under one verification setting, over the same questions."""
+
+    backend: str
+    verification: str
+    questions: int
+    token_f1: float
+    rouge_l: float
+    answered_token_f1: float | None  # over the questions it answered
+    decisions: int  # answers opening with yes/no/maybe
+    accuracy: float | None  # of those decisions
+    citation_precision: float | None
+    citation_recall: float | None
+    gold_source_share: float | None
+    citations_per_answer: float
+    abstention_rate: float
+    latency_p50_ms: float
+    latency_p95_ms: float
+    sentences_removed: int = 0
+
+
+@dataclass
+class Report:
+    dataset: str
+    questions: int
+    judge: str
+    rows: list[Row] = field(default_factory=list)
+    retrieval_similarity: dict[str, float] = field(default_factory=dict)
+    off_topic_similarity: dict[str, float] = field(default_factory=dict)
+    off_topic_abstained: dict[str, int] = field(default_factory=dict)  # backend -> of OFF_TOPIC
+    examples: list[dict] = field(default_factory=list)
+
+    def as_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+
+def _mean(values: Sequence[float]) -> float:
+    return round(float(np.mean(values)), 4) if values else 0.0
+
+
+def _share(part: int, whole: int) -> float | None:
+    return round(part / whole, 4) if whole else None
+
+
+def summarise(
+    backend: str, verification: str, items: Sequence[QAItem], results: Sequence[Answer],
+    gold_documents: dict[str, int],
+) -> Row:
+    f1s, rouges, answered_f1, latencies = [], [], [], []
+    decided = correct = removed = 0
+    counts = CitationCounts()
+    for item, result in zip(items, results, strict=True):
+        text = "" if result.abstained else result.text
+        f1s.append(token_f1(text, item.long_answer))
+        rouges.append(rouge_l(text, item.long_answer) if text else 0.0)
+        if text:
+            answered_f1.append(f1s[-1])
+        decision = decision_of(result.draft)  # the generator's, whatever verification kept
+        if decision:
+            decided += 1
+            correct += decision == item.decision
+        counts.add(citation_counts(result, gold_documents.get(item.pmid)))
+        removed += sum(1 for c in result.claims if not c.kept)
+        latencies.append(result.timings_ms.get("total", 0.0))
+    answered = sum(1 for r in results if not r.abstained)
+    return Row(
+        backend=backend,
+        verification=verification,
+        questions=len(items),
+        token_f1=_mean(f1s),
+        rouge_l=_mean(rouges),
+        answered_token_f1=_mean(answered_f1) if answered_f1 else None,
+        decisions=decided,
+        accuracy=round(correct / decided, 4) if decided else None,
+        citation_precision=_share(counts.precise, counts.citations),
+        citation_recall=_share(counts.supported, counts.sentences),
+        gold_source_share=_share(counts.gold, counts.citations),
+        citations_per_answer=round(counts.citations / answered, 2) if answered else 0.0,
+        abstention_rate=round(1 - answered / len(items), 4) if items else 0.0,
+        latency_p50_ms=round(float(np.percentile(latencies, 50)), 1) if latencies else 0.0,
+        latency_p95_ms=round(float(np.percentile(latencies, 95)), 1) if latencies else 0.0,
+        sentences_removed=removed,
+    )
+
+
+def evaluate(
+    items: Sequence[QAItem],
+    backends: dict[str, Generator],
+    domain: Domain,
+    *,
+    verifications: Sequence[str] = VERIFICATIONS,
+    on_answer: Callable[[str], None] | None = None,
+    examples: int = 3,
+) -> Report:
+    """Answer every item with every backend; one row per backend and verification setting."""
+    gold_documents = dict(
+        (source[len(SOURCE_PREFIX):], pk) for pk, source in
+        domain.documents.filter(source__startswith=SOURCE_PREFIX).values_list("pk", "source")
+    )
+    report = Report(
+        dataset="PubMedQA PQA-L", questions=len(items),
+        judge="embedding >= 0.6 and lexical >= 0.7 and the numbers match (no NLI model offline)",
+    )
+    similarities: list[float] = []
+    for name, generator in backends.items():
+        drafts = []
+        for item in items:
+            result = answer(
+                item.question, domain=domain, generator=generator,
+                options=AnswerOptions.from_settings(verify="none"),
+            )
+            drafts.append(result)
+            if on_answer:
+                on_answer(name)
+        if not similarities:
+            similarities = [r.similarity for r in drafts]
+        for verification in verifications:
+            options = AnswerOptions.from_settings(verify=verification)
+            results = drafts if verification == "none" else [reverify(r, options) for r in drafts]
+            report.rows.append(summarise(name, verification, items, results, gold_documents))
+        off_topic = [
+            answer(question, domain=domain, generator=generator) for question in OFF_TOPIC
+        ]
+        report.off_topic_abstained[name] = sum(r.abstained for r in off_topic)
+        if not report.off_topic_similarity:
+            report.off_topic_similarity = _percentiles([r.similarity for r in off_topic],
+                                                       (50, 95, 100))
+        for item, result in list(zip(items, drafts, strict=True))[:examples]:
+            report.examples.append({
+                "backend": name, "question": item.question, "draft": result.draft,
+                "verified": reverify(result, AnswerOptions.from_settings()).text,
+                "gold": item.long_answer,
+            })
+    if similarities:
+        report.retrieval_similarity = _percentiles(similarities, (0, 5, 25, 50))
+    return report
+
+
+def _percentiles(values: Sequence[float], qs: Iterable[int]) -> dict[str, float]:
+    return {f"p{q}": round(float(np.percentile(values, q)), 3) for q in qs}
+
+
+def format_table(report: Report) -> str:
+    """The report as a Markdown table (pasted into closing notes and the README)."""
+    def show(value: float | None, digits: int = 3) -> str:
+        return "n/a" if value is None else f"{value:.{digits}f}"
+
+    lines = [
+        "| backend | verification | token-F1 | ROUGE-L | yes/no/maybe acc. (n) | "
+        "citation precision | citation recall | gold-source share | abstained | "
+        "latency p50 / p95 |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in report.rows:
+        accuracy = f"{show(row.accuracy)} ({row.decisions})" if row.decisions else "n/a"
+        lines.append(
+            f"| {row.backend} | {row.verification} | {show(row.token_f1)} | {show(row.rouge_l)} "
+            f"| {accuracy} | {show(row.citation_precision)} | {show(row.citation_recall)} | "
+            f"{show(row.gold_source_share)} | {row.abstention_rate:.1%} | "
+            f"{row.latency_p50_ms / 1000:.2f} s / {row.latency_p95_ms / 1000:.2f} s |"
+        )
+    return "\n".join(lines)

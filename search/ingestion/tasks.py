@@ -1,0 +1,123 @@
+"""Celery tasks: thin wrappers that run ``search.ingestion.pipeline`` steps on the workers.
+
+The services ask for work through ``search.ingestion.signals``; the receivers at the end of
+this module queue it, so nothing below this module imports Celery.
+
+Transient failures (database or broker unreachable) are retried with exponential backoff;
+anything else fails the versions with the error, so no document stays "processing" forever.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from amqp.exceptions import ChannelError
+from celery import Task, chain, shared_task
+from celery.signals import worker_process_init
+from django.conf import settings
+from django.db import DatabaseError, InterfaceError, OperationalError
+from django.dispatch import receiver
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from search.ingestion import pipeline, signals
+
+logger = logging.getLogger(__name__)
+
+TRANSIENT_ERRORS = (OperationalError, InterfaceError, RedisConnectionError, ConnectionError)
+
+
+class PipelineTask(Task):
+    """Fails the task's versions with a readable reason once retries are exhausted."""
+
+    autoretry_for = TRANSIENT_ERRORS
+    retry_backoff = 2
+    retry_backoff_max = 300
+    retry_jitter = True
+    max_retries = 8
+    acks_late = True
+
+    def on_failure(self, exc, task_id, args, kwargs, einfo) -> None:
+        version_ids = args[0] if args else kwargs.get("version_ids", [])
+        for version_id in version_ids or []:
+            try:
+                pipeline.fail_version(
+                    version_id,
+                    f"Processing failed ({type(exc).__name__}: {exc}). "
+                    "Fix the cause, then use the admin's 'Process again' action.",
+                )
+            except DatabaseError:
+                logger.exception("Could not record the failure of version %s", version_id)
+
+
+@shared_task(base=PipelineTask)
+def parse_versions(version_ids: list[int]) -> list[int]:
+    return pipeline.parse_versions(version_ids)
+
+
+@shared_task(base=PipelineTask)
+def chunk_versions(version_ids: list[int]) -> list[int]:
+    return pipeline.chunk_versions(version_ids)
+
+
+@shared_task(base=PipelineTask)
+def embed_pending(version_ids: list[int] | None = None) -> int:
+    """Embed waiting chunks in batches; hands the rest to a fresh task after its time budget."""
+    count, more = pipeline.embed_pending()
+    if more:
+        embed_pending.delay()
+    return count
+
+
+@shared_task(base=PipelineTask)
+def requeue_stalled() -> int:
+    """Periodic: re-send versions left pending/processing (lost messages, dead brokers)."""
+    if _queue_length() > 0:
+        return 0  # work is still waiting: those versions are late, not lost
+    version_ids = pipeline.stalled_versions(settings.KMS_STALLED_AFTER_SECONDS)
+    if version_ids:
+        logger.warning("Re-queueing %d stalled versions", len(version_ids))
+        pipeline.reset_versions(version_ids)
+        process_versions(version_ids)
+    return len(version_ids)
+
+
+def _queue_length() -> int:
+    """Messages waiting in our queue; Redis drops an empty queue, which reads as 0."""
+    app = requeue_stalled.app
+    with app.connection_for_read() as conn:
+        try:
+            return conn.default_channel.queue_declare(
+                app.conf.task_default_queue, passive=True
+            ).message_count
+        except ChannelError:
+            return 0
+
+
+def process_versions(version_ids: list[int]) -> None:
+    """Queue the parse -> chunk -> embed chain for these versions (now, not on commit)."""
+    chain(
+        parse_versions.si(version_ids),
+        chunk_versions.si(version_ids),
+        embed_pending.si(version_ids),
+    ).delay()
+
+
+@worker_process_init.connect
+def _load_models(**_: object) -> None:
+    """Load the embedder once per worker process, before the first task needs it."""
+    from search.ingestion.embedding import get_embedder
+
+    try:
+        get_embedder().model  # noqa: B018 - loading is the point
+    except Exception:  # the task that needs it will fail with the reason
+        logger.exception("Could not load the embedding model")
+
+
+@receiver(signals.processing_requested)
+def _queue_processing(sender, version_ids: list[int], **_: object) -> None:
+    process_versions(version_ids)
+
+
+@receiver(signals.embedding_requested)
+def _queue_embedding(sender, version_ids: list[int], **_: object) -> None:
+    embed_pending.delay(version_ids)
