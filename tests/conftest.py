@@ -1,4 +1,8 @@
-"""Shared fixtures: real PostgreSQL (embedded or DATABASE_URL), real Redis, real workers."""
+"""Shared fixtures: real PostgreSQL (embedded or DATABASE_URL), real Redis, real workers.
+
+The suite runs on ``tests.settings``: its own data, media and index directories and its own
+Redis database; ``_developer_data_untouched`` checks that ``.kms-data`` stays as it was.
+"""
 
 from __future__ import annotations
 
@@ -17,17 +21,36 @@ import pytest
 from django.conf import settings
 from django.db import connection
 
+from kms.access import Access
 from kms.store.models import Domain
 
 ROOT = Path(__file__).resolve().parent.parent
+DEVELOPER_DATA = ROOT / ".kms-data"
+# Folders of a running `make run` that change whatever the tests do.
+LIVE_SERVER_FOLDERS = {"postgres", "redis", "logs"}
+# Tests that act for the installation (an operator, evaluation) say so explicitly.
+OPERATOR = Access.everything("tests")
+
+
+def _snapshot(root: Path) -> dict[str, tuple[int, int]]:
+    if not root.is_dir():
+        return {}
+    return {
+        str(path.relative_to(root)): (path.stat().st_size, path.stat().st_mtime_ns)
+        for path in root.rglob("*")
+        if path.is_file() and path.relative_to(root).parts[0] not in LIVE_SERVER_FOLDERS
+    }
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _media_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Uploaded files of the tests go to a temporary folder, not the developer's data dir."""
-    media = tmp_path_factory.mktemp("media")
-    settings.MEDIA_ROOT = media
-    return media
+def _developer_data_untouched() -> Iterator[None]:
+    """Nothing of the suite lives in, or writes to, the developer's ``.kms-data``."""
+    for name, path in (("KMS_DATA_DIR", settings.DATA_DIR), ("MEDIA_ROOT", settings.MEDIA_ROOT),
+                       ("KMS_INDEX_DIR", settings.KMS_INDEX_DIR)):
+        assert not Path(path).resolve().is_relative_to(DEVELOPER_DATA), (name, path)
+    before = _snapshot(DEVELOPER_DATA)
+    yield
+    assert _snapshot(DEVELOPER_DATA) == before, "the test suite changed .kms-data"
 
 
 @pytest.fixture(autouse=True)
@@ -112,7 +135,7 @@ def worker_factory(transactional_db, tmp_path: Path) -> Iterator:
 
     def make(**extra_env: str) -> WorkerProcess:
         env = {
-            **os.environ,
+            **{name: value for name, value in os.environ.items() if name != "KMS_EMBEDDED"},
             "DATABASE_URL": worker_database_url(),
             "REDIS_URL": settings.REDIS_URL,
             "KMS_CELERY_QUEUE": queue,

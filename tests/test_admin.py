@@ -7,13 +7,20 @@ from django.contrib.admin.models import LogEntry
 from django.test import Client
 
 from kms.store.models import Chunk, Document, DocumentVersion, Domain, Status
+from search.ingestion import pipeline
 from search.ingestion.documents import add_document
 from search.ingestion.pipeline import embed_pending
 from search.ingestion.progress import process_inline
+from search.retrieval import index_store
+from search.retrieval.search import search
+from tests.conftest import OPERATOR
 
 pytestmark = pytest.mark.django_db
 
-TEXT = b"# Falls\n\n## Assessment\n\nCheck lying and standing blood pressure on admission.\n"
+TEXT = ("# Falls\n\n## Assessment\n\nCheck lying and standing blood pressure on admission.\n\n"
+        + "".join(f"## Step {n}\n\nReview sedatives, footwear and eyesight of every patient at "
+                  f"risk of falls, round {n}, and record the findings.\n\n" for n in range(1, 9))
+        ).encode()
 
 
 @pytest.fixture
@@ -25,7 +32,8 @@ def staff(django_user_model) -> Client:
 
 @pytest.fixture
 def ready(domain: Domain) -> DocumentVersion:
-    result = add_document(domain, source="falls.md", filename="falls.md", content=TEXT,
+    result = add_document(domain, uploader=OPERATOR, source="falls.md", filename="falls.md",
+                          content=TEXT,
                           queue=False)
     process_inline([result.version_id])
     return DocumentVersion.objects.get(pk=result.version_id)
@@ -50,33 +58,84 @@ def test_documents_are_not_added_empty_and_uploads_are_not_linked(staff: Client,
     assert page.status_code == 200 and b"deletelink" not in page.content
 
 
-def test_process_again_keeps_the_document_served_and_logs_it(
-    staff: Client, ready, django_capture_on_commit_callbacks
+@pytest.fixture
+def neighbours(domain: Domain) -> None:
+    """Other documents, so BM25's idf of the falls document's words is positive."""
+    ids = [add_document(domain, uploader=OPERATOR, source=f"{name}.md", filename=f"{name}.md",
+                        content=f"# {name.title()}\n\nReview {name} every day.\n".encode(),
+                        queue=False).version_id
+           for name in ("sepsis", "nutrition", "sedation")]
+    process_inline(ids)
+
+
+def found_by_bm25_and_dense(version: DocumentVersion) -> bool:
+    """The document is the top hit for its own words in both retrievers."""
+    query = "lying standing blood pressure falls"
+    return all(
+        [d.document_id for d in search(query, domain=version.document.domain, access=OPERATOR,
+                                       mode=mode, k=1).documents] == [version.document_id]
+        for mode in ("bm25", "dense")
+    )
+
+
+def step_until_served(version: DocumentVersion, steps: list[str]) -> int:
+    """Run the pipeline one small step at a time, searching after each; returns the searches."""
+    pipeline.chunk_versions(pipeline.parse_versions([version.pk]))
+    assert found_by_bm25_and_dense(version), "after parse and chunk"
+    searches = 1
+    while Chunk.objects.filter(version=version, embedding__isnull=True).exists():
+        embed_pending(claim_size=1, time_budget=0)  # one chunk per call
+        steps.append(DocumentVersion.objects.get(pk=version.pk).status)
+        assert found_by_bm25_and_dense(version), f"after {len(steps)} embedding steps"
+        searches += 1
+    return searches
+
+
+def test_process_again_keeps_the_document_found_and_logs_it(
+    staff: Client, ready, neighbours, django_capture_on_commit_callbacks, settings, tmp_path
 ) -> None:
+    settings.KMS_INDEX_DIR = tmp_path / "indexes"
+    index_store.build_index(ready.document.domain)
+    served = set(ready.chunks.values_list("pk", flat=True))
     with django_capture_on_commit_callbacks(execute=False) as queued:
         response = staff.post("/admin/store/document/", {
             "action": "process_again", "_selected_action": [ready.document_id],
         }, follow=True)
     assert b"Queued 1 version for processing" in response.content
     assert len(queued) == 1
-    document = Document.objects.get(pk=ready.document_id)
-    assert document.current_version_id == ready.pk  # still searchable meanwhile
-    assert LogEntry.objects.filter(object_id=str(document.pk)).exists()
-    process_inline([ready.pk])
+    assert LogEntry.objects.filter(object_id=str(ready.document_id)).exists()
+    assert found_by_bm25_and_dense(ready)
+    steps: list[str] = []
+    assert step_until_served(ready, steps) == len(steps) + 1 > 2
+    assert steps[:-1] == [Status.PROCESSING] * (len(steps) - 1)  # served while processing
+    assert steps[-1] == Status.READY
     ready.refresh_from_db()
-    assert ready.status == Status.READY
-    assert ready.chunks.filter(is_current=True).count() == ready.chunks.count() > 0
+    chunks = set(ready.chunks.values_list("pk", flat=True))
+    assert chunks and not chunks & served  # a new set replaced the old one, which is gone
+    assert ready.chunks.filter(is_current=True).count() == len(chunks)
+    index_store.build_index(ready.document.domain)
+    assert found_by_bm25_and_dense(ready)
 
 
-def test_reembed_action_reports_and_recomputes(staff: Client, ready) -> None:
+def test_reembed_keeps_the_document_found_and_reports(
+    staff: Client, ready, neighbours, django_capture_on_commit_callbacks, settings, tmp_path
+) -> None:
+    settings.KMS_INDEX_DIR = tmp_path / "indexes"
+    index_store.build_index(ready.document.domain)
     count = ready.chunks.count()
-    response = staff.post("/admin/store/document/", {
-        "action": "reembed_documents", "_selected_action": [ready.document_id],
-    }, follow=True)
+    with django_capture_on_commit_callbacks(execute=False):
+        response = staff.post("/admin/store/document/", {
+            "action": "reembed_documents", "_selected_action": [ready.document_id],
+        }, follow=True)
     noun = "chunk" if count == 1 else "chunks"
     assert f"Queued {count} {noun} of 1 document for re-embedding".encode() in response.content
-    assert Document.objects.get(pk=ready.document_id).current_version_id == ready.pk
-    embed_pending()
+    assert found_by_bm25_and_dense(ready)
+    steps: list[str] = []
+    while Chunk.objects.filter(version=ready, embedding__isnull=True).exists():
+        embed_pending(claim_size=1, time_budget=0)
+        steps.append(DocumentVersion.objects.get(pk=ready.pk).status)
+        assert found_by_bm25_and_dense(ready), f"after {len(steps)} embedding steps"
+    assert len(steps) == count > 1 and steps[-1] == Status.READY
     ready.refresh_from_db()
-    assert ready.status == Status.READY
+    assert ready.chunks.count() == count
     assert not ready.chunks.filter(embedding__isnull=True).exists()

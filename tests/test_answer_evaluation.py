@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from django.core.management import CommandError, call_command
 
+from kms.store.models import Document, Domain
 from search.answering.answers import Answer, Claim
 from search.answering.citations import Citation
 from search.evaluation.answers import (
@@ -140,7 +141,7 @@ def test_command_reports_every_setting(dataset: Path, settings, tmp_path, capsys
     settings.KMS_INDEX_DIR = tmp_path / "indexes"
     report_path = tmp_path / "report.json"
     call_command("evaluate_answers", str(dataset), "--backends", "extractive", "--limit", "0",
-                 "--json", str(report_path))
+                 "--json", str(report_path), "--keep")
     out = capsys.readouterr().out
     assert "| extractive | none |" in out and "| extractive | lexical |" in out
     report = json.loads(report_path.read_text())
@@ -152,10 +153,22 @@ def test_command_reports_every_setting(dataset: Path, settings, tmp_path, capsys
         assert row["citation_recall"] == 1.0  # extractive sentences are the passages' own
         assert row["gold_source_share"] > 0.5
         assert row["token_f1"] > 0.2
-    # A second run finds the abstracts stored and does not store them again.
+    # A second run finds the kept abstracts and does not store them again; then it removes
+    # its domain, which no staff account could see anyway.
+    assert Domain.objects.get(slug="pubmedqa").purpose == Domain.Purpose.EVALUATION
     call_command("evaluate_answers", str(dataset), "--backends", "extractive", "--limit", "1",
                  "--verifications", "none")
-    assert "Embedding" not in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "Embedding" not in out and "Removed the evaluation domain 'pubmedqa'" in out
+    assert not Domain.objects.filter(slug="pubmedqa").exists()
+    assert not Document.objects.filter(source__startswith="pubmedqa:").exists()
+
+
+@pytest.mark.django_db
+def test_command_never_writes_into_a_staff_domain(dataset: Path, domain) -> None:
+    with pytest.raises(CommandError, match="holds staff documents"):
+        call_command("evaluate_answers", str(dataset), "--domain", domain.slug)
+    assert not domain.documents.exists()
 
 
 @pytest.mark.django_db

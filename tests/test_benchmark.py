@@ -20,6 +20,7 @@ from search.evaluation.benchmark import (
 from search.ingestion.documents import add_document
 from search.ingestion.progress import process_inline
 from search.retrieval import index_store as bm25_store
+from tests.conftest import OPERATOR
 
 TOPICS = {
     "sepsis": "Sepsis screening uses NEWS2. A score of five triggers a review within thirty "
@@ -47,7 +48,7 @@ def source(db, settings, tmp_path) -> Domain:
     ids = []
     for name, text in TOPICS.items():
         body = f"# {name.title()}\n\n{text}\n\n## Notes\n\n{text.upper()}\n\nApplies on all wards."
-        result = add_document(domain, source=f"{name}.md", filename=f"{name}.md",
+        result = add_document(domain, uploader=OPERATOR, source=f"{name}.md", filename=f"{name}.md",
                               content=body.encode(), queue=False)
         ids.append(result.version_id)
     process_inline(ids)

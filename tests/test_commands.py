@@ -40,7 +40,7 @@ def test_ingest_folder_reports_each_failure_and_keeps_the_rest(tmp_path: Path) -
 
 
 def test_ingest_rejects_an_unknown_domain_and_missing_paths(tmp_path: Path) -> None:
-    with pytest.raises(CommandError, match="Known domains: .*healthcare"):
+    with pytest.raises(CommandError, match="Staff domains: .*healthcare"):
         call_command("ingest", str(tmp_path), "--domain", "nope", "--inline")
     with pytest.raises(CommandError, match="No such file"):
         call_command("ingest", str(tmp_path / "missing"), "--domain", "healthcare", "--inline")
@@ -77,3 +77,17 @@ def test_missing_model_is_a_clear_error_and_keeps_the_documents(tmp_path: Path, 
         call_command("ingest", str(tmp_path / "policy.md"), "--domain", "healthcare",
                      "--inline", stdout=StringIO(), stderr=StringIO())
     assert Document.objects.filter(source="policy.md").exists()
+
+
+def test_search_and_ask_need_a_user_or_an_explicit_all(django_user_model) -> None:
+    for command in ("search", "ask"):
+        with pytest.raises(CommandError, match="one of the arguments --user --all is required"):
+            call_command(command, "hand hygiene", "--domain", "healthcare")
+        with pytest.raises(CommandError, match="No user 'ghost'"):
+            call_command(command, "hand hygiene", "--domain", "healthcare", "--user", "ghost")
+    django_user_model.objects.create_user("visitor")  # a member of no domain
+    with pytest.raises(CommandError, match="Unknown domain 'healthcare'.*search: none"):
+        call_command("search", "hand hygiene", "--domain", "healthcare", "--user", "visitor")
+    out = StringIO()
+    call_command("search", "hand hygiene", "--domain", "healthcare", "--all", stdout=out)
+    assert "documents, hybrid" in out.getvalue()

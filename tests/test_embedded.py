@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 import redis
+from django.conf import settings
 from django.db import connection
 
 from kms import embedded
 from search.ingestion.demo import demo_dir
 from search.ingestion.parsing import parse
+from tests.conftest import ROOT
 
 
 def closed_port() -> int:
@@ -54,3 +61,48 @@ def test_every_demo_file_parses_and_the_manifest_points_at_real_files() -> None:
     for source, entry in manifest.items():
         assert (root / source).is_file(), source
         assert entry["access_groups"], source
+
+
+def service_free_environment(data_dir: Path, **extra: str) -> dict[str, str]:
+    """This environment without the service URLs or the permission to start servers."""
+    removed = {"DATABASE_URL", "REDIS_URL", "KMS_EMBEDDED", "DJANGO_SETTINGS_MODULE"}
+    env = {name: value for name, value in os.environ.items() if name not in removed}
+    return {**env, "KMS_DATA_DIR": str(data_dir), **extra}
+
+
+def test_a_process_without_the_urls_stops_and_names_the_setting(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, "manage.py", "check"], cwd=ROOT, timeout=120,
+                            env=service_free_environment(tmp_path), capture_output=True,
+                            text=True)
+    assert result.returncode != 0
+    assert "DATABASE_URL is not set" in result.stderr and "KMS_EMBEDDED=1" in result.stderr
+    assert not (tmp_path / "postgres").exists()  # no empty database of its own
+    redis_only = service_free_environment(tmp_path, DATABASE_URL="postgresql://x@db.invalid/x")
+    result = subprocess.run([sys.executable, "manage.py", "check"], cwd=ROOT, timeout=120,
+                            env=redis_only, capture_output=True, text=True)
+    assert result.returncode != 0 and "REDIS_URL is not set" in result.stderr
+
+
+def test_a_one_off_command_leaves_no_embedded_server_behind(tmp_path: Path) -> None:
+    env = service_free_environment(tmp_path, KMS_EMBEDDED="1",
+                                   REDIS_URL=settings.REDIS_URL)
+    result = subprocess.run(
+        [sys.executable, "manage.py", "shell", "-c",
+         "from django.db import connection; connection.ensure_connection(); print('connected')"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=180,
+    )
+    assert result.returncode == 0 and "connected" in result.stdout, result.stderr
+    pgdata = str(tmp_path / "postgres")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and running_postgres(pgdata):
+        time.sleep(0.5)
+    assert not running_postgres(pgdata)
+
+
+def running_postgres(pgdata: str) -> list[psutil.Process]:
+    found = []
+    for process in psutil.process_iter(["name", "cmdline"]):
+        cmdline = " ".join(process.info["cmdline"] or [])
+        if "postgres" in (process.info["name"] or "") and pgdata in cmdline:
+            found.append(process)
+    return found

@@ -26,12 +26,21 @@ from search.ingestion.parsing import (
     TEXT,
     ParsedDocument,
     ParseError,
+    ParseLimits,
     decode_text,
     detect_media_type,
     parse,
 )
 from search.ingestion.parsing.markdown import parse_markdown
 from search.ingestion.parsing.text import parse_text
+from search.ingestion.sandbox import parse_untrusted
+from tests.hostile_parsers import (
+    docx_declaring_gib,
+    docx_understating,
+    docx_with_ratio,
+    pdf_of_pages,
+    small_docx,
+)
 
 # --- fixtures built in memory ------------------------------------------------------------------
 
@@ -432,6 +441,91 @@ def test_bad_input_raises_a_helpful_parse_error(data: bytes, filename: str, mess
 def test_explicit_pdf_type_on_non_pdf_bytes_is_refused() -> None:
     with pytest.raises(ParseError, match="not a valid PDF"):
         parse(b"plain words", "notes.txt", media_type=PDF)
+
+
+# --- limits against hostile files -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (lambda: docx_declaring_gib(12), r"unpack to 12,289 MiB.*KMS_ZIP_MAX_UNCOMPRESSED_MB"),
+        (docx_with_ratio, r"compressed 1,029 to 1.*KMS_ZIP_MAX_RATIO"),
+        (docx_understating, r"unpacks to more than its declared"),
+    ],
+    ids=["declared-size", "ratio", "understated"],
+)
+def test_docx_zip_bombs_are_refused_before_unpacking(build, message: str) -> None:
+    with pytest.raises(ParseError, match=message):
+        parse(build(), "bomb.docx")
+
+
+def test_docx_zip_limits_are_configurable() -> None:
+    data = docx_with_ratio(2)
+    with pytest.raises(ParseError, match="KMS_ZIP_MAX_RATIO"):
+        parse(data, "zeros.docx")
+    relaxed = ParseLimits(zip_max_ratio=5000)
+    assert parse(data, "zeros.docx", limits=relaxed).text == "A harmless paragraph."
+    with pytest.raises(ParseError, match=r"unpack to \d MiB; the limit is 1 MiB"):
+        parse(data, "zeros.docx", limits=ParseLimits(zip_max_ratio=5000, zip_max_uncompressed_mb=1))
+
+
+def test_docx_member_compressed_with_bzip2_is_refused() -> None:
+    buffer = io.BytesIO()
+    with (
+        zipfile.ZipFile(io.BytesIO(small_docx())) as source,
+        zipfile.ZipFile(buffer, "w", zipfile.ZIP_BZIP2) as target,
+    ):
+        for info in source.infolist():
+            target.writestr(info.filename, source.read(info))
+    with pytest.raises(ParseError, match=r"unsupported compression method \(12\)"):
+        parse(buffer.getvalue(), "bz.docx")
+
+
+@pytest.mark.parametrize(
+    ("declared", "message"),
+    [(None, r"The PDF has 50,000 pages"), (1, r"The PDF has more than 5,000 pages")],
+    ids=["honest-count", "lying-count"],
+)
+def test_pdf_page_cap(declared: int | None, message: str) -> None:
+    with pytest.raises(ParseError, match=message + r"; the limit is 5,000 \(KMS_PDF_MAX_PAGES\)"):
+        parse(pdf_of_pages(50_000, declared=declared), "pages.pdf")
+
+
+def test_pdf_page_cap_counts_real_pages() -> None:
+    limits = ParseLimits(pdf_max_pages=1)
+    with pytest.raises(ParseError, match=r"The PDF has 2 pages; the limit is 1"):
+        parse(make_pdf(), "guide.pdf", limits=limits)
+    assert len(parse(make_pdf(), "guide.pdf", limits=ParseLimits(pdf_max_pages=2)).pages) == 2
+
+
+def test_pdf_text_limit_stops_at_the_page_that_passes_it() -> None:
+    with pytest.raises(ParseError, match=r"more than 500 characters; the limit is 500"):
+        parse(make_pdf(), "guide.pdf", limits=ParseLimits(max_text_chars=500))
+
+
+def test_text_limit_applies_to_every_format() -> None:
+    with pytest.raises(ParseError, match=r"has 11 characters; the limit is 10 \(KMS_MAX_TEXT"):
+        parse(b"hello world", "a.txt", limits=ParseLimits(max_text_chars=10))
+    assert parse(b"hello worl", "a.txt", limits=ParseLimits(max_text_chars=10)).text
+
+
+# --- the same results through the sandbox ------------------------------------------------------
+
+
+@pytest.mark.parametrize("media_type", SUPPORTED_MEDIA_TYPES)
+def test_sandbox_parses_every_format_exactly_as_parse_does(media_type: str) -> None:
+    data, filename = BUILDERS[media_type]()
+    for claimed in (None, media_type, "application/octet-stream"):
+        document, used = parse_untrusted(data, filename, claimed, limits=ParseLimits())
+        assert used == media_type
+        assert document == parse(data, filename, claimed)
+
+
+@pytest.mark.parametrize(("data", "filename", "message"), BAD_INPUTS)
+def test_sandbox_gives_the_same_errors(data: bytes, filename: str, message: str) -> None:
+    with pytest.raises(ParseError, match=message):
+        parse_untrusted(data, filename, limits=ParseLimits())
 
 
 # --- properties --------------------------------------------------------------------------------

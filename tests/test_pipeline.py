@@ -16,6 +16,7 @@ from kms.store.models import Chunk, Document, DocumentVersion, Domain, Status
 from search.ingestion import pipeline
 from search.ingestion.documents import add_document
 from search.ingestion.progress import process_inline
+from tests.conftest import OPERATOR
 
 pytestmark = pytest.mark.django_db
 
@@ -43,7 +44,8 @@ def two_page_pdf() -> bytes:
 
 
 def ingest(domain: Domain, name: str, content: bytes) -> DocumentVersion:
-    result = add_document(domain, source=name, filename=name, content=content, queue=False)
+    result = add_document(domain, uploader=OPERATOR, source=name, filename=name, content=content,
+                          queue=False)
     process_inline([result.version_id])
     return DocumentVersion.objects.get(pk=result.version_id)
 
@@ -108,9 +110,11 @@ def test_wrong_encoding_is_decoded_not_rejected(domain: Domain) -> None:
 
 
 def test_one_bad_file_does_not_stop_the_batch(domain: Domain) -> None:
-    good = add_document(domain, source="g.md", filename="g.md", content=GUIDE.encode(),
+    good = add_document(domain, uploader=OPERATOR, source="g.md", filename="g.md",
+                        content=GUIDE.encode(),
                         queue=False)
-    bad = add_document(domain, source="b.pdf", filename="b.pdf", content=b"nope", queue=False)
+    bad = add_document(domain, uploader=OPERATOR, source="b.pdf", filename="b.pdf",
+                       content=b"nope", queue=False)
     state = process_inline([good.version_id, bad.version_id])
     assert (state.ready, state.failed) == (1, 1)
 
@@ -118,7 +122,8 @@ def test_one_bad_file_does_not_stop_the_batch(domain: Domain) -> None:
 def test_failed_new_version_keeps_serving_the_previous_one(domain: Domain) -> None:
     first = ingest(domain, "policy.md", GUIDE.encode())
     chunk_ids = set(first.chunks.values_list("pk", flat=True))
-    result = add_document(domain, source="policy.md", filename="policy.md", content=b"",
+    result = add_document(domain, uploader=OPERATOR, source="policy.md", filename="policy.md",
+                          content=b"",
                           queue=False)
     process_inline([result.version_id])
     document = Document.objects.get(pk=first.document_id)
@@ -129,7 +134,8 @@ def test_failed_new_version_keeps_serving_the_previous_one(domain: Domain) -> No
 
 
 def test_rerunning_every_step_leaves_exactly_one_set_of_chunks(domain: Domain) -> None:
-    result = add_document(domain, source="s.md", filename="s.md", content=GUIDE.encode(),
+    result = add_document(domain, uploader=OPERATOR, source="s.md", filename="s.md",
+                          content=GUIDE.encode(),
                           queue=False)
     ids = [result.version_id]
     pipeline.parse_versions(ids)
@@ -150,15 +156,38 @@ def test_rerunning_every_step_leaves_exactly_one_set_of_chunks(domain: Domain) -
     assert pipeline.chunk_versions(ids) == []
 
 
-def test_reembed_recomputes_vectors(domain: Domain) -> None:
+def test_reembed_builds_new_vectors_beside_the_served_ones(domain: Domain) -> None:
     version = ingest(domain, "r.md", GUIDE.encode())
-    assert pipeline.clear_embeddings([version.pk]) == version.chunks.count()
+    served = set(version.chunks.values_list("pk", flat=True))
+    assert pipeline.rebuild_vectors([version.pk]) == len(served)
     version.refresh_from_db()
     assert version.status == Status.PROCESSING
+    current = set(Chunk.objects.filter(version=version, is_current=True).values_list("pk",
+                                                                                    flat=True))
+    assert current == served  # still served, with their vectors, until the new set is done
     pipeline.embed_pending()
     version.refresh_from_db()
     assert version.status == Status.READY
+    chunks = set(version.chunks.values_list("pk", flat=True))
+    assert len(chunks) == len(served) and not chunks & served
     assert not version.chunks.filter(embedding__isnull=True).exists()
+    assert version.chunks.filter(is_current=True).count() == len(chunks)
+
+
+def test_a_failing_reprocess_keeps_the_served_chunks(domain: Domain) -> None:
+    version = ingest(domain, "gone.md", GUIDE.encode())
+    served = set(version.chunks.values_list("pk", flat=True))
+    version.file.storage.delete(version.file.name)  # the stored file vanished
+    pipeline.reset_versions([version.pk])
+    process_inline([version.pk])
+    version.refresh_from_db()
+    assert version.status == Status.FAILED and "missing" in version.status_message
+    assert set(Chunk.objects.filter(version=version, is_current=True).values_list(
+        "pk", flat=True)) == served
+    document = version.document
+    assert document.current_version_id == version.pk
+    assert "Processing again failed" in document.status_message
+    assert "still served" in document.status_message
 
 
 def test_per_domain_chunk_budget_is_used(domain: Domain) -> None:
@@ -169,3 +198,22 @@ def test_per_domain_chunk_budget_is_used(domain: Domain) -> None:
     small = ingest(domain, "small.md", GUIDE.encode() + b"\n")
     assert small.chunks.count() > default.chunks.count()
     assert max(small.chunks.values_list("token_count", flat=True)) <= 24
+
+
+def test_a_fault_of_the_machine_is_not_counted_against_the_file(domain: Domain, settings) -> None:
+    """No parser process can start: the step is retried later, and the file keeps its
+    attempts, so it never fails as "stopped the parser" for what the server did."""
+    from search.ingestion import sandbox
+
+    result = add_document(domain, uploader=OPERATOR, source="fine.md", filename="fine.md",
+                          content=GUIDE.encode(), queue=False)
+    sandbox.stop()
+    settings.KMS_PARSE_MEMORY_MB = 1  # too little for Python itself to start
+    for _ in range(settings.KMS_MAX_PROCESSING_ATTEMPTS + 1):
+        with pytest.raises(sandbox.SandboxUnavailable, match="KMS_PARSE_MEMORY_MB"):
+            pipeline.parse_versions([result.version_id])
+    version = DocumentVersion.objects.get(pk=result.version_id)
+    assert version.attempts == 0 and version.status == Status.PROCESSING
+    settings.KMS_PARSE_MEMORY_MB = 2048
+    process_inline([result.version_id])
+    assert DocumentVersion.objects.get(pk=result.version_id).status == Status.READY

@@ -2,8 +2,11 @@
 
 A document is identified by ``(domain, source)``; uploading changed content under the same
 source adds a version, identical content is recognised by its SHA-256 and not stored twice.
-Search serves each document's ``current_version`` (its newest ready one), so a failed
-re-upload never takes away what was already searchable.
+Search serves each document's ``current_version`` (its newest version with an active chunk
+set), so a failed re-upload never takes away what was already searchable. A version's chunks
+come in sets: a new set (after "process again" or a new embedding model) is built beside the
+served one and made active in one transaction (blue/green), so reprocessing never takes a
+document out of search. Who may see what is decided in ``kms.access``.
 """
 
 from __future__ import annotations
@@ -11,11 +14,16 @@ from __future__ import annotations
 from django.conf import settings
 from django.contrib.auth.models import Group
 from django.db import models
+from django.utils import timezone
 from pgvector.django import HnswIndex, VectorField
 
 
 class Domain(models.Model):
     """A knowledge domain (healthcare, finance, ...) with its own chunking and, later, models."""
+
+    class Purpose(models.TextChoices):
+        DOCUMENTS = "documents", "Staff documents"
+        EVALUATION = "evaluation", "Evaluation or benchmark (owned by a command)"
 
     slug = models.SlugField(unique=True)
     name = models.CharField(max_length=100)
@@ -28,6 +36,16 @@ class Domain(models.Model):
     )
     options = models.JSONField(
         default=dict, blank=True, help_text="Per-domain retrieval and generation options."
+    )
+    member_groups = models.ManyToManyField(
+        Group, blank=True, related_name="member_domains",
+        help_text="Groups whose members see this domain's documents (a document with access "
+        "groups of its own only to members of those groups too).",
+    )
+    purpose = models.CharField(
+        max_length=20, choices=Purpose.choices, default=Purpose.DOCUMENTS,
+        help_text="Evaluation domains belong to the command that made them, which may empty "
+        "them; staff documents never go into one.",
     )
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -63,7 +81,7 @@ class Document(models.Model):
     content_hash = models.CharField(max_length=64, blank=True, db_index=True)
     access_groups = models.ManyToManyField(
         Group, blank=True, related_name="documents",
-        help_text="Groups that may see this document; none means every user of the domain.",
+        help_text="Groups that may see this document; none means every member of the domain.",
     )
     status = models.CharField(
         max_length=20, choices=Status.choices, default=Status.PENDING, db_index=True
@@ -71,7 +89,7 @@ class Document(models.Model):
     status_message = models.TextField(blank=True)
     current_version = models.ForeignKey(
         "DocumentVersion", null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
-        help_text="The newest ready version: the one search serves.",
+        help_text="The newest version with active chunks: the one search serves.",
     )
     uploaded_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
@@ -106,13 +124,24 @@ class DocumentVersion(models.Model):
         max_length=20, choices=Status.choices, default=Status.PENDING, db_index=True
     )
     status_message = models.TextField(blank=True)
-    extracted_text = models.TextField(blank=True)
+    extracted_text = models.TextField(blank=True, help_text="The text the active chunks index.")
     structure = models.JSONField(
         default=dict, blank=True,
         help_text="Blocks and pages of the extracted text, so re-chunking needs no re-parse.",
     )
     page_count = models.PositiveIntegerField(null=True, blank=True)
+    active_chunks = models.ForeignKey(
+        "ChunkSet", null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
+        help_text="The chunk set served for this version.",
+    )
+    attempts = models.PositiveSmallIntegerField(
+        default=0, help_text="Processing steps begun on this file and not finished; a file "
+        "that stops the worker KMS_MAX_PROCESSING_ATTEMPTS times fails.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
+    queued_at = models.DateTimeField(
+        default=timezone.now, help_text="When it was last sent to the workers."
+    )
     processed_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
@@ -128,11 +157,53 @@ class DocumentVersion(models.Model):
         return f"{self.document} v{self.number}"
 
 
+class ChunkSet(models.Model):
+    """One chunking of a version with its vectors, built beside the served set (blue/green).
+
+    A set is *building* while it is chunked and embedded, and becomes the version's
+    ``active_chunks`` in one transaction once every chunk has a vector; the set it replaces is
+    deleted in the same transaction, so search sees either the old chunks or the new ones.
+    """
+
+    class State(models.TextChoices):
+        BUILDING = "building", "Building"
+        ACTIVE = "active", "Active"
+
+    class Source(models.TextChoices):
+        PARSE = "parse", "Parsed from the stored file"
+        COPY = "copy", "Copied from the active set (new vectors only)"
+
+    version = models.ForeignKey(
+        DocumentVersion, on_delete=models.CASCADE, related_name="chunk_sets"
+    )
+    state = models.CharField(max_length=10, choices=State.choices, default=State.BUILDING)
+    source = models.CharField(max_length=10, choices=Source.choices, default=Source.PARSE)
+    # A parsed set's own text: the chunks' offsets point into it until it becomes the version's.
+    extracted_text = models.TextField(blank=True)
+    structure = models.JSONField(default=dict, blank=True)
+    page_count = models.PositiveIntegerField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    activated_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["version", "-created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["version"], condition=models.Q(state="building"),
+                name="chunkset_one_building_per_version",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.version} chunks ({self.state})"
+
+
 class Chunk(models.Model):
     """A passage of a version's extracted text: what retrieval finds and answers cite."""
 
     document = models.ForeignKey(Document, on_delete=models.CASCADE, related_name="chunks")
     version = models.ForeignKey(DocumentVersion, on_delete=models.CASCADE, related_name="chunks")
+    chunk_set = models.ForeignKey(ChunkSet, on_delete=models.CASCADE, related_name="chunks")
     # Copies of document facts, so search filters touch only this table and the planner can
     # walk the HNSW index instead of joining first (kept in step by search.ingestion.pipeline).
     domain = models.ForeignKey(Domain, on_delete=models.CASCADE, related_name="+")
@@ -154,7 +225,9 @@ class Chunk(models.Model):
     class Meta:
         ordering = ["version", "ordinal"]
         constraints = [
-            models.UniqueConstraint(fields=["version", "ordinal"], name="chunk_unique_ordinal")
+            models.UniqueConstraint(
+                fields=["chunk_set", "ordinal"], name="chunk_unique_ordinal_in_set"
+            )
         ]
         indexes = [
             HnswIndex(

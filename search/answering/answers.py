@@ -25,8 +25,10 @@ from typing import Literal
 
 from django.conf import settings
 
+from kms.access import Access
 from kms.store.models import Domain
 from search.answering.citations import (
+    MARKER_LIKE,
     AnswerSentence,
     Citation,
     citation_for,
@@ -43,16 +45,11 @@ from search.answering.prompting import (
     token_counter,
 )
 from search.answering.verification import EMBEDDING_THRESHOLD, LEXICAL_THRESHOLD, verify
-from search.retrieval.search import UNRESTRICTED, Access, SearchError, SearchResponse, search
+from search.retrieval.search import SearchError, SearchResponse, search
 
 VerifyMethod = Literal["embedding", "lexical", "none"]
 Policy = Literal["remove", "flag"]
 VERIFY_METHODS = ("embedding", "lexical", "none")
-# Marker-like text the citation parser does not take as ours ("[Passage 2]", "[^1]"): removed
-# so nothing that looks like a citation reaches the reader without resolving to a source.
-_STRAY_MARKER = re.compile(
-    r"\s*\[\s*(?:passage|source|doc(?:ument)?|ref(?:erence)?)?\s*\^?\s*\d+\s*\]", re.IGNORECASE
-)
 POLICIES = ("remove", "flag")
 
 __all__ = [
@@ -158,7 +155,7 @@ def answer(
     question: str,
     *,
     domain: str | Domain,
-    access: Access = UNRESTRICTED,
+    access: Access,
     generator: Generator | str | None = None,
     options: AnswerOptions | None = None,
     on_token: Callable[[str], None] | None = None,
@@ -185,7 +182,7 @@ def stream_answer(
     question: str,
     *,
     domain: str | Domain,
-    access: Access = UNRESTRICTED,
+    access: Access,
     generator: Generator | str | None = None,
     options: AnswerOptions | None = None,
 ) -> Iterator[Token | Answer]:
@@ -279,7 +276,7 @@ def _weak_support(
 
 def _refusal_parts(draft: str) -> tuple[bool, str]:
     """Whether the draft is only a refusal, and the draft without any refusal sentence."""
-    flat = _STRAY_MARKER.sub("", " ".join(draft.split())).strip()
+    flat = MARKER_LIKE.sub("", " ".join(draft.split())).strip()
     refusal = NO_ANSWER.rstrip(".")
     if not flat or flat.lower().rstrip(". ") == refusal.lower():
         return True, ""
@@ -295,8 +292,10 @@ def _finish(draft: str, options: AnswerOptions, base: dict) -> Answer:
             text=NO_ANSWER, abstained=True, sources=[], draft=draft,
             reason="The generator found no answer in the passages.", **base,
         )
+    # Marker-like text the parser does not take as a citation ("[Passage 2]", "[^1]") goes, so
+    # nothing that looks like a citation reaches the reader without resolving to a source.
     sentences = [
-        AnswerSentence(_STRAY_MARKER.sub("", s.text).strip(), s.cited, s.invalid, s.start, s.end)
+        AnswerSentence(MARKER_LIKE.sub("", s.text).strip(), s.cited, s.invalid, s.start, s.end)
         for s in parse_citations(content, numbers)
     ]
     sentences = [s for s in sentences if s.text]

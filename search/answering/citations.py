@@ -11,25 +11,22 @@ import re
 from dataclasses import dataclass
 
 from search.answering.prompting import SourcePassage
+from search.ingestion.sentences import TERMINAL, split_sentences
 
 _NUMBER_OR_RANGE = r"\d+(?:\s*[-\u2013]\s*\d+)?"
-MARKER = re.compile(rf"\[\s*{_NUMBER_OR_RANGE}(?:\s*[,;]\s*{_NUMBER_OR_RANGE})*\s*\]")
+_NUMBER_LIST = rf"{_NUMBER_OR_RANGE}(?:\s*[,;]\s*{_NUMBER_OR_RANGE})*"
+_LABEL = r"(?:passages?|sources?|docs?|documents?|refs?|references?|citations?)"
+# A citation as the parser reads it: "[1]", "[1, 3]", "[2-4]", "[1; 3\u20135]".
+MARKER = re.compile(rf"\[\s*{_NUMBER_LIST}\s*\]")
+# Anything that looks like one, with the white space before it: also "[Passage 2]", "[^1]",
+# "[Sources 1, 2]". Removing these leaves the claim (verification, metrics) and keeps a marker
+# that resolves to no source from reaching the reader; "[1.5 mg]" or "[n = 12]" are content.
+MARKER_LIKE = re.compile(
+    rf"\s*\[\s*(?:{_LABEL}\s*)?[#^]?\s*{_NUMBER_LIST}\s*\]", re.IGNORECASE
+)
 _MARKER_WITH_SPACE = re.compile(rf"[ \t]*{MARKER.pattern}")
-_MARKERS_AFTER = re.compile(rf"(?:[ \t]*{MARKER.pattern})+")
-_CLOSERS = "\"'\u201d\u2019)"
-_TERMINAL = re.compile(rf"[.!?]+[{_CLOSERS}]*")
-_TRAILING_TERMINAL = re.compile(rf"[.!?]+[{_CLOSERS}]*$")
-_WORD_BEFORE = re.compile(r"[\w.]+$")
+_TRAILING_TERMINAL = re.compile(rf"(?:{TERMINAL.pattern})$")
 _MAX_RANGE = 50  # a wider "range" is a typo or an attack, not a citation; keep its ends only
-
-# Words whose trailing period does not end a sentence (lower case, without the last period).
-ABBREVIATIONS = frozenset(
-    {
-        "e.g", "i.e", "cf", "vs", "viz", "approx", "ca", "incl", "resp", "al",
-        "dr", "mr", "mrs", "ms", "prof", "st", "jr", "sr", "inc", "ltd", "co", "dept",
-        "fig", "figs", "eq", "vol", "p", "pp", "ch", "sec", "a.m", "p.m",
-    }
-)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -87,46 +84,6 @@ def marker_numbers(marker: str) -> list[int]:
     return numbers
 
 
-def _is_boundary(
-    text: str, line_start: int, punct: re.Match[str], after: int, line_end: int
-) -> bool:
-    """Whether terminal punctuation ends a sentence; ``after`` is past any markers following it."""
-    end = punct.end()
-    if end < line_end and not text[end].isspace() and after == end:
-        return False  # "2.5", "e.g.,", or a bracket that is not a citation marker
-    if punct.group(0).rstrip(_CLOSERS) == ".":
-        word = _WORD_BEFORE.search(text, line_start, punct.start())
-        if word:
-            token = word.group(0).lower()
-            if token in ABBREVIATIONS:
-                return False
-            if token.isdigit() and not text[line_start : word.start()].strip():
-                return False  # a numbered list item: "1. Take ..."
-    rest = text[after:line_end].lstrip()
-    return not (rest and rest[0].islower())
-
-
-def _sentence_spans(text: str) -> list[tuple[int, int]]:
-    spans: list[tuple[int, int]] = []
-    for line in re.finditer(r"[^\n]+", text):
-        start, line_end = line.start(), line.end()
-        for punct in _TERMINAL.finditer(text, start, line_end):
-            end = punct.end()
-            markers = _MARKERS_AFTER.match(text, end, line_end)
-            after = markers.end() if markers else end
-            if _is_boundary(text, line.start(), punct, after, line_end):
-                spans.append((start, after))
-                start = after
-        spans.append((start, line_end))
-    stripped = []
-    for start, end in spans:
-        piece = text[start:end]
-        if piece.strip():
-            left = len(piece) - len(piece.lstrip())
-            stripped.append((start + left, start + len(piece.rstrip())))
-    return stripped
-
-
 def _unique(numbers: list[int]) -> tuple[int, ...]:
     return tuple(dict.fromkeys(numbers))
 
@@ -137,7 +94,7 @@ def parse_citations(text: str, valid: set[int]) -> list[AnswerSentence]:
     A piece holding only markers (e.g. ``[2]`` on its own line) adds to the sentence before.
     """
     sentences: list[AnswerSentence] = []
-    for start, end in _sentence_spans(text):
+    for start, end in split_sentences(text, line_breaks=True, trailing=MARKER):
         piece = text[start:end]
         numbers = [n for m in MARKER.finditer(piece) for n in marker_numbers(m.group(0))]
         clean = _MARKER_WITH_SPACE.sub("", piece).strip()

@@ -43,8 +43,9 @@ from typing import Literal
 
 import numpy as np
 
-from search.ingestion.chunking import split_sentences
+from search.answering.citations import MARKER_LIKE
 from search.ingestion.embedding import get_embedder
+from search.ingestion.sentences import split_sentences
 from search.retrieval.text_analysis import analyze
 
 Method = Literal["embedding", "lexical"]
@@ -55,7 +56,6 @@ LEXICAL_THRESHOLD = 0.7
 # from an injected passage matches it fully, but a word or two is not a claim worth citing.
 MIN_ATTRIBUTION_TERMS = 3
 
-_CITATION = re.compile(r"\s*\[[^\[\]]*\d[^\[\]]*\]")  # anything bracketed with a digit
 # Digits may touch a unit ("500mg", "10mmHg") but not other digits.
 _NUMBER = re.compile(r"(?<![\d.,])\d+(?:[.,]\d+)*(?!\d)")
 
@@ -74,7 +74,7 @@ class SentenceCheck:
 
 def strip_citations(sentence: str) -> str:
     """The claim alone: a marker such as ``[2]`` would otherwise count as the term "2"."""
-    return _CITATION.sub("", sentence).strip()
+    return MARKER_LIKE.sub("", sentence).strip()
 
 
 def numbers_in(text: str) -> set[str]:

@@ -16,7 +16,6 @@ import hashlib
 import json
 import os
 import random
-import re
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -29,8 +28,11 @@ from django.db import connection, transaction
 from django.utils import timezone
 from tqdm import tqdm
 
-from kms.store.models import Chunk, Document, DocumentVersion, Domain, Status
+from kms.access import Access
+from kms.store.models import Chunk, ChunkSet, Document, DocumentVersion, Domain, Status
+from search.evaluation import domains, stats
 from search.evaluation.bm25_comparison import RankBM25Comparison, compare_rank_bm25
+from search.ingestion.sentences import split_sentences
 from search.retrieval import index_store as bm25_store
 from search.retrieval.bm25 import BM25Index
 from search.retrieval.search import MODES, FusionOptions, search
@@ -46,6 +48,7 @@ REPLICA_WORDS = (
 )  # fmt: skip
 
 Echo = Callable[[str], None]
+BENCHMARK = Access.everything("search benchmark")
 
 
 class BenchmarkError(RuntimeError):
@@ -122,16 +125,6 @@ def searchable_count(domain: Domain) -> int:
     return bm25_store.searchable_chunks(domain).count()
 
 
-def drop_documents(domain: Domain) -> int:
-    """Delete every document of ``domain`` (chunks first: one set-based DELETE each)."""
-    with transaction.atomic():
-        deleted, _ = Chunk.objects.filter(domain=domain).delete()
-        Document.objects.filter(domain=domain).update(current_version=None)
-        DocumentVersion.objects.filter(document__domain=domain).delete()
-        Document.objects.filter(domain=domain).delete()
-    return deleted
-
-
 def grow_domain(
     size: int,
     *,
@@ -153,12 +146,9 @@ def grow_domain(
         raise BenchmarkError("--size must be at least 1.")
     if domain == source_domain:
         raise BenchmarkError("The benchmark domain must differ from the source domain.")
-    target, _ = Domain.objects.get_or_create(
-        slug=domain,
-        defaults={"name": domain.title(), "description": "Synthetic corpus of bench_search."},
-    )
+    target = domains.owned_domain(domain, domain.title(), "Synthetic corpus of bench_search.")
     started = time.perf_counter()
-    dropped = drop_documents(target) if drop else 0
+    dropped = domains.empty(target) if drop else 0
     drop_seconds = time.perf_counter() - started
     started = time.perf_counter()
     existing = searchable_count(target)
@@ -284,15 +274,24 @@ def _insert(
             )
             for document, (_, source, take) in zip(documents, batch, strict=True)
         ])
-        for document, version in zip(documents, versions, strict=True):
+        sets = ChunkSet.objects.bulk_create([
+            ChunkSet(version=version, state=ChunkSet.State.ACTIVE, activated_at=now)
+            for version in versions
+        ])
+        for document, version, chunk_set in zip(documents, versions, sets, strict=True):
             document.current_version = version
+            version.active_chunks = chunk_set
         Document.objects.bulk_update(documents, ["current_version"])
+        DocumentVersion.objects.bulk_update(versions, ["active_chunks"])
         chunks = []
-        for document, version, (_, source, take) in zip(documents, versions, batch, strict=True):
+        for document, version, chunk_set, (_, source, take) in zip(
+            documents, versions, sets, batch, strict=True
+        ):
             for row, vector in zip(source.chunks[:take], _jitter(source.vectors[:take], rng,
                                                                   noise), strict=True):
                 chunks.append(Chunk(
-                    document=document, version=version, domain=target, is_current=True,
+                    document=document, version=version, chunk_set=chunk_set, domain=target,
+                    is_current=True,
                     ordinal=row["ordinal"],
                     text=row["text"], start_offset=row["start_offset"],
                     end_offset=row["end_offset"], page=row["page"], page_end=row["page_end"],
@@ -356,14 +355,16 @@ def load_queries(
 
 
 def _first_sentence(text: str, max_words: int = 25) -> str:
-    sentence = re.split(r"(?<=[.!?])\s+", text.strip(), maxsplit=1)[0]
-    return " ".join(sentence.split()[:max_words])
+    """A query a user might type: one line, so a leading heading stays with its sentence."""
+    flat = " ".join(text.split())
+    spans = split_sentences(flat)
+    return " ".join(flat[spans[0][0] : spans[0][1]].split()[:max_words]) if spans else ""
 
 
 def percentiles(samples_ms: Sequence[float], mode: str, empty: int = 0) -> Latency:
     values = np.asarray(samples_ms, dtype=np.float64)
-    p50, p95, p99 = np.percentile(values, [50, 95, 99]).tolist()
-    return Latency(mode, len(values), p50, p95, p99, float(values.mean()),
+    p = stats.percentiles(values, (50, 95, 99))
+    return Latency(mode, len(values), p["p50"], p["p95"], p["p99"], float(values.mean()),
                    float(values.max()), empty)
 
 
@@ -374,12 +375,12 @@ def measure_latency(
     if not queries:
         raise BenchmarkError("No queries to time.")
     for query in list(queries)[:warmup]:
-        search(query, domain=domain, mode=mode, k=k)
+        search(query, domain=domain, access=BENCHMARK, mode=mode, k=k)
     samples: list[float] = []
     empty = 0
     for query in queries:
         started = time.perf_counter()
-        response = search(query, domain=domain, mode=mode, k=k)
+        response = search(query, domain=domain, access=BENCHMARK, mode=mode, k=k)
         samples.append((time.perf_counter() - started) * 1000)
         empty += not response.documents
     return percentiles(samples, mode, empty)

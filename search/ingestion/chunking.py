@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from search.ingestion.parsing.types import Block, ParsedDocument
+from search.ingestion.sentences import PARAGRAPH_BREAK, split_sentences, trim_span
 
 MIN_MAX_TOKENS = 16
 HEADING_SEPARATOR = " > "
@@ -86,77 +87,12 @@ class ChunkPiece:
 
 # --- sentences -----------------------------------------------------------------------------
 
-# Words whose trailing period rarely ends a sentence. Missing a split only makes a unit longer
-# (it is then cut at tokens), while a wrong split breaks a statement apart, so err towards these.
-# fmt: off
-_ABBREVIATIONS = frozenset({
-    "al", "approx", "ca", "cf", "dept", "dr", "eq", "eqs", "est", "etc", "fig", "figs", "inc",
-    "incl", "jr", "ltd", "mr", "mrs", "ms", "no", "nos", "prof", "pp", "resp", "sr", "st", "viz",
-    "vol", "vols", "vs",
-})
-# fmt: on
-_SENTENCE_END = re.compile(r"[.!?\u2026]+[\"'\u201d\u2019)\]]*(?=\s)")
-_PARAGRAPH_BREAK = re.compile(r"\n[^\S\n]*\n")
-_DOTTED_ABBREVIATION = re.compile(r"(?:[a-z]\.)+[a-z]")  # e.g, i.e, a.m, u.s
-
-
-def _trim(text: str, start: int, end: int) -> tuple[int, int]:
-    while start < end and text[start].isspace():
-        start += 1
-    while end > start and text[end - 1].isspace():
-        end -= 1
-    return start, end
-
-
-def _ends_sentence(text: str, seg_start: int, term_start: int, term_end: int) -> bool:
-    """Whether the terminator at ``text[term_start:term_end]`` really closes a sentence."""
-    after = term_end
-    while after < len(text) and text[after].isspace():
-        after += 1
-    if after < len(text) and text[after].islower():
-        return False  # "e.g. the", "approx. five": a new sentence would start upper-case
-    if text[term_start] != "." or text[term_start:term_end].count(".") > 1:
-        return True  # "!", "?", "..." are not abbreviations
-    word_start = term_start
-    while word_start > seg_start and not text[word_start - 1].isspace():
-        word_start -= 1
-    word = text[word_start:term_start].lstrip("([{\"'\u201c\u2018").lower()
-    if word in _ABBREVIATIONS or _DOTTED_ABBREVIATION.fullmatch(word):
-        return False
-    if len(word) == 1 and word.isalpha():
-        return False  # an initial: "J. Smith"
-    return not (word.isdigit() and not text[seg_start:word_start].strip())  # "1. Take ..."
-
-
-def split_sentences(text: str, start: int = 0, end: int | None = None) -> list[tuple[int, int]]:
-    """Trimmed sentence spans of ``text[start:end]``; every non-space character is in one.
-
-    Splits after ``.``, ``!``, ``?`` (and closing quotes or brackets) followed by white space,
-    and at blank lines, but keeps abbreviations ("e.g.", "Dr."), initials and decimals
-    ("2.5 mg", no space after the point) inside their sentence.
-    """
-    end = len(text) if end is None else end
-    cuts = {m.end() for m in _PARAGRAPH_BREAK.finditer(text, start, end)}
-    cuts.update(
-        m.end()
-        for m in _SENTENCE_END.finditer(text, start, end)
-        if _ends_sentence(text, start, m.start(), m.end())
-    )
-    spans = []
-    position = start
-    for cut in sorted(cuts) + [end]:
-        span_start, span_end = _trim(text, position, cut)
-        if span_start < span_end:
-            spans.append((span_start, span_end))
-        position = cut
-    return spans
-
 
 def _split_lines(text: str, start: int, end: int) -> list[tuple[int, int]]:
     """Code breaks at line ends: sentence punctuation means nothing there."""
     spans = []
     for match in re.finditer(r"[^\n]+", text[start:end]):
-        span_start, span_end = _trim(text, start + match.start(), start + match.end())
+        span_start, span_end = trim_span(text, start + match.start(), start + match.end())
         if span_start < span_end:
             spans.append((span_start, span_end))
     return spans
@@ -209,7 +145,7 @@ def _blocks_of(doc: ParsedDocument) -> list[Block]:
         return sorted(doc.blocks, key=lambda block: block.start)
     # No structure from the parser: blank lines are the only paragraph signal left.
     blocks, position = [], 0
-    for match in _PARAGRAPH_BREAK.finditer(doc.text):
+    for match in PARAGRAPH_BREAK.finditer(doc.text):
         blocks.append(Block(position, match.start()))
         position = match.end()
     blocks.append(Block(position, len(doc.text)))
@@ -223,7 +159,7 @@ def _sections(doc: ParsedDocument) -> list[_Section]:
     path: list[tuple[int, str]] = []
     previous_end = 0
     for block in _blocks_of(doc):
-        start, end = _trim(text, max(block.start, previous_end, 0), min(block.end, len(text)))
+        start, end = trim_span(text, max(block.start, previous_end, 0), min(block.end, len(text)))
         if start >= end:
             continue
         previous_end = end
@@ -296,7 +232,9 @@ class _SectionPacker:
             i = bisect.bisect_right(self.all_ends, fresh)
             if i == len(self.all_ends):
                 return spans
-            first_new, _ = _trim(self.index.text, max(fresh, self.all_starts[i]), self.all_ends[i])
+            first_new, _ = trim_span(
+                self.index.text, max(fresh, self.all_starts[i]), self.all_ends[i]
+            )
             overlaps = self.overlap_starts(*spans[-1]) if spans else []
             start, end, previous_quality = self.best_cut(
                 overlaps, first_new, fresh, previous_quality
@@ -408,7 +346,7 @@ class _SectionPacker:
         word_start = next(
             (k for k in range(first, last + 1) if k == 0 or index.is_word_end(k - 1)), first
         )  # start at a word rather than inside one, unless the whole overlap is one word
-        start, _ = _trim(index.text, index.starts[word_start], previous_end)
+        start, _ = trim_span(index.text, index.starts[word_start], previous_end)
         return start if start < previous_end else None
 
 
@@ -456,7 +394,7 @@ def chunk_document(
     for section in _sections(doc):
         packer = _SectionPacker(index, section, max_tokens, overlap_tokens)
         for raw_start, raw_end in packer.spans():
-            start, end = _trim(text, raw_start, raw_end)
+            start, end = trim_span(text, raw_start, raw_end)
             if start >= end:
                 continue
             pieces.append(

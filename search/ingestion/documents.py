@@ -2,7 +2,10 @@
 
 ``add_document`` stores a new version and queues it for processing once the transaction
 commits. Bad input never raises here: it ends as a failed version with the reason, so one
-bad file in a batch does not stop the rest and never touches what is already stored.
+bad file in a batch does not stop the rest and never touches what is already stored. The
+uploader's access decides what the messages may name: a document they cannot see is never
+named (an upload with its content is stored as a document of its own), and never gets a
+version from them.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from django.core.files.base import ContentFile, File
 from django.db import IntegrityError, transaction
 from django.db.models import Max
 
+from kms.access import Access, visible_documents
 from kms.store.models import Document, DocumentVersion, Domain, Status
 from search.ingestion import pipeline, signals
 
@@ -39,12 +43,16 @@ class UnknownDomainError(ValueError):
 
 
 def get_domain(slug: str) -> Domain:
+    """A staff domain to store documents in (evaluation domains belong to their commands)."""
+    staff = Domain.objects.filter(purpose=Domain.Purpose.DOCUMENTS)
     try:
-        return Domain.objects.get(slug=slug)
+        return staff.get(slug=slug)
     except Domain.DoesNotExist:
-        known = ", ".join(Domain.objects.values_list("slug", flat=True)) or "none"
+        known = ", ".join(staff.values_list("slug", flat=True)) or "none"
+        owned = Domain.objects.filter(slug=slug, purpose=Domain.Purpose.EVALUATION).exists()
+        why = " belongs to an evaluation command" if owned else " is unknown"
         raise UnknownDomainError(
-            f"Unknown domain {slug!r}. Known domains: {known}. Add one in the admin."
+            f"Domain {slug!r}{why}. Staff domains: {known}. Add one in the admin."
         ) from None
 
 
@@ -55,6 +63,7 @@ def add_document(
     filename: str,
     content: bytes | None = None,
     path: Path | None = None,
+    uploader: Access,
     title: str | None = None,
     access_groups: Sequence[Group] = (),
     uploaded_by=None,
@@ -76,8 +85,8 @@ def add_document(
             with transaction.atomic():
                 return _add_version(
                     domain, source=source, filename=filename, content=content, path=path,
-                    title=title, access_groups=access_groups, uploaded_by=uploaded_by,
-                    queue=queue, size=size, digest=digest,
+                    uploader=uploader, title=title, access_groups=access_groups,
+                    uploaded_by=uploaded_by, queue=queue, size=size, digest=digest,
                     failure=(
                         f"The file is {size / 2**20:.1f} MiB; the limit is {limit / 2**20:.1f} MiB "
                         "(KMS_MAX_UPLOAD_BYTES)." if too_large else None
@@ -91,10 +100,19 @@ def add_document(
 
 def _add_version(
     domain: Domain, *, source: str, filename: str, content: bytes | None, path: Path | None,
-    title: str | None, access_groups: Sequence[Group], uploaded_by, queue: bool, size: int,
-    digest: str, failure: str | None,
+    uploader: Access, title: str | None, access_groups: Sequence[Group], uploaded_by,
+    queue: bool, size: int, digest: str, failure: str | None,
 ) -> IngestResult:
+    if not uploader.sees_domain(domain.pk):
+        return IngestResult(source, "failed", message=(
+            f"You are not a member of the domain {domain.slug!r}; ask a curator to add you."
+        ))
     document = Document.objects.select_for_update().filter(domain=domain, source=source).first()
+    if document is not None and not visible_documents(uploader).filter(pk=document.pk).exists():
+        return IngestResult(source, "failed", message=(
+            "A document you cannot see is already stored under this name; upload the file "
+            "under another name, or ask a curator of the domain for access."
+        ))
     if document is not None:
         existing = document.versions.filter(content_hash=digest).first()
         if existing is not None and existing.status == Status.FAILED:
@@ -116,6 +134,8 @@ def _add_version(
             domain=domain, versions__content_hash=digest,
             versions__status__in=[Status.PENDING, Status.PROCESSING, Status.READY],
         ).first()
+        if twin is not None and not visible_documents(uploader).filter(pk=twin.pk).exists():
+            twin = None  # stored as a document of its own: nothing hidden is named or hinted at
         if twin is not None and failure is None:
             return IngestResult(
                 source, "duplicate", twin.pk, None,
@@ -161,15 +181,22 @@ def queue_processing(version_ids: list[int]) -> None:
 
 
 def reprocess(version_ids: Sequence[int]) -> None:
-    """Run versions through the whole pipeline again (after a fix, or a changed chunking)."""
+    """Run versions through the whole pipeline again (after a fix, or a changed chunking).
+
+    Their served chunks stay searchable until the new ones replace them.
+    """
     pipeline.reset_versions(version_ids)
     queue_processing(list(version_ids))
 
 
 def reembed(version_ids: Sequence[int]) -> int:
-    """Recompute the vectors of these versions' chunks (after the embedding model changed)."""
+    """New vectors for these versions' served chunks (after the embedding model changed).
+
+    They are built beside the served ones, which stay searchable until the new set is
+    complete and replaces them in one transaction. Returns the number of chunks queued.
+    """
     ids = list(version_ids)
-    count = pipeline.clear_embeddings(ids)
+    count = pipeline.rebuild_vectors(ids)
     signals.send_on_commit(signals.embedding_requested, version_ids=ids)
     return count
 
@@ -189,14 +216,14 @@ def iter_files(paths: Iterable[Path]) -> Iterator[Path]:
 
 
 def ingest_file(
-    domain: Domain, path: Path, *, root: Path | None = None, access_groups: Sequence[Group] = (),
-    uploaded_by=None, queue: bool = True,
+    domain: Domain, path: Path, *, uploader: Access, root: Path | None = None,
+    access_groups: Sequence[Group] = (), uploaded_by=None, queue: bool = True,
 ) -> IngestResult:
     """Add one file; its source is its path relative to ``root`` (stable across machines)."""
     source = str(path.relative_to(root)) if root else path.name
     try:
         return add_document(
-            domain, source=source, filename=path.name, path=path,
+            domain, source=source, filename=path.name, path=path, uploader=uploader,
             access_groups=access_groups, uploaded_by=uploaded_by, queue=queue,
         )
     except OSError as exc:

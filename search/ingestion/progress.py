@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from django.db.models import Count, Q
 
-from kms.store.models import Chunk, DocumentVersion, Status
+from kms.store.models import Chunk, ChunkSet, DocumentVersion, Status
 from search.ingestion import pipeline
 
 
@@ -32,7 +32,12 @@ def progress(version_ids: Sequence[int]) -> Progress:
         ready=Count("pk", filter=Q(status=Status.READY)),
         failed=Count("pk", filter=Q(status=Status.FAILED)),
     )
-    chunk_counts = Chunk.objects.filter(version_id__in=ids).aggregate(
+    # The set being built, or the active set once the version is ready; not the set it replaces.
+    chunks = Chunk.objects.filter(version_id__in=ids).filter(
+        Q(chunk_set__state=ChunkSet.State.BUILDING)
+        | Q(chunk_set__state=ChunkSet.State.ACTIVE, version__status=Status.READY)
+    )
+    chunk_counts = chunks.aggregate(
         chunks=Count("pk"), embedded=Count("pk", filter=Q(embedding__isnull=False))
     )
     return Progress(len(ids), counts["ready"], counts["failed"], chunk_counts["chunks"],

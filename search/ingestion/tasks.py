@@ -3,8 +3,10 @@
 The services ask for work through ``search.ingestion.signals``; the receivers at the end of
 this module queue it, so nothing below this module imports Celery.
 
-Transient failures (database or broker unreachable) are retried with exponential backoff;
-anything else fails the versions with the error, so no document stays "processing" forever.
+Transient failures (database or broker unreachable) are retried with exponential backoff.
+The steps already fail a bad file on its own; a task that still fails as a whole (its time
+limit, exhausted retries) is split into one task per version, the failure unit, so only the
+version that causes it fails and no document stays "processing" forever.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import logging
 
 from amqp.exceptions import ChannelError
 from celery import Task, chain, shared_task
+from celery.exceptions import SoftTimeLimitExceeded
 from celery.signals import worker_process_init
 from django.conf import settings
 from django.db import DatabaseError, InterfaceError, OperationalError
@@ -20,14 +23,16 @@ from django.dispatch import receiver
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from search.ingestion import pipeline, signals
+from search.ingestion.sandbox import SandboxUnavailable
 
 logger = logging.getLogger(__name__)
 
-TRANSIENT_ERRORS = (OperationalError, InterfaceError, RedisConnectionError, ConnectionError)
+TRANSIENT_ERRORS = (OperationalError, InterfaceError, RedisConnectionError, ConnectionError,
+                    SandboxUnavailable)
 
 
 class PipelineTask(Task):
-    """Fails the task's versions with a readable reason once retries are exhausted."""
+    """Splits a failed batch into one chain per open version; fails a version failing alone."""
 
     autoretry_for = TRANSIENT_ERRORS
     retry_backoff = 2
@@ -37,26 +42,41 @@ class PipelineTask(Task):
     acks_late = True
 
     def on_failure(self, exc, task_id, args, kwargs, einfo) -> None:
-        version_ids = args[0] if args else kwargs.get("version_ids", [])
-        for version_id in version_ids or []:
+        version_ids = list((args[0] if args else kwargs.get("version_ids")) or [])
+        still_open = pipeline.open_versions(version_ids)
+        if len(still_open) > 1:
+            logger.warning("Task %s failed (%s); re-sending its %d versions one by one",
+                           self.name, type(exc).__name__, len(still_open))
+            for version_id in still_open:
+                process_versions([version_id])
+            return
+        if isinstance(exc, SoftTimeLimitExceeded):
+            reason = ("Processing this file took longer than the task's time limit "
+                      f"({settings.CELERY_TASK_SOFT_TIME_LIMIT} s, "
+                      "KMS_TASK_SOFT_TIME_LIMIT_SECONDS).")
+        else:
+            reason = f"Processing failed ({type(exc).__name__}: {exc})."
+        for version_id in still_open:
             try:
                 pipeline.fail_version(
-                    version_id,
-                    f"Processing failed ({type(exc).__name__}: {exc}). "
-                    "Fix the cause, then use the admin's 'Process again' action.",
+                    version_id, f"{reason} Fix the cause, then use the admin's 'Process again'."
                 )
             except DatabaseError:
                 logger.exception("Could not record the failure of version %s", version_id)
 
 
+# The task's time limit ends the step; it is no fault of the file being worked on.
+TASK_STOPS = (SoftTimeLimitExceeded,)
+
+
 @shared_task(base=PipelineTask)
 def parse_versions(version_ids: list[int]) -> list[int]:
-    return pipeline.parse_versions(version_ids)
+    return pipeline.parse_versions(version_ids, stop_on=TASK_STOPS)
 
 
 @shared_task(base=PipelineTask)
 def chunk_versions(version_ids: list[int]) -> list[int]:
-    return pipeline.chunk_versions(version_ids)
+    return pipeline.chunk_versions(version_ids, stop_on=TASK_STOPS)
 
 
 @shared_task(base=PipelineTask)
@@ -75,9 +95,9 @@ def requeue_stalled() -> int:
         return 0  # work is still waiting: those versions are late, not lost
     version_ids = pipeline.stalled_versions(settings.KMS_STALLED_AFTER_SECONDS)
     if version_ids:
-        logger.warning("Re-queueing %d stalled versions", len(version_ids))
-        pipeline.reset_versions(version_ids)
-        process_versions(version_ids)
+        logger.warning("Re-queueing %d stalled versions, one task each", len(version_ids))
+        for version_id in version_ids:  # one failure unit each: a killer takes down no other
+            process_versions([version_id])
     return len(version_ids)
 
 
@@ -94,11 +114,17 @@ def _queue_length() -> int:
 
 
 def process_versions(version_ids: list[int]) -> None:
-    """Queue the parse -> chunk -> embed chain for these versions (now, not on commit)."""
+    """Queue the parse -> chunk -> embed chain for these versions (now, not on commit).
+
+    The time limits travel in each message; they are read from the settings at every send.
+    """
+    pipeline.mark_queued(version_ids)
+    limits = {"soft_time_limit": settings.CELERY_TASK_SOFT_TIME_LIMIT,
+              "time_limit": settings.CELERY_TASK_TIME_LIMIT}
     chain(
-        parse_versions.si(version_ids),
-        chunk_versions.si(version_ids),
-        embed_pending.si(version_ids),
+        parse_versions.si(version_ids).set(**limits),
+        chunk_versions.si(version_ids).set(**limits),
+        embed_pending.si(version_ids).set(**limits),
     ).delay()
 
 

@@ -7,26 +7,39 @@ from collections import Counter
 from collections.abc import Sequence
 
 from django.conf import settings
-from django.core.management.base import CommandError, OutputWrapper
+from django.contrib.auth import get_user_model
+from django.core.management.base import CommandError, CommandParser, OutputWrapper
 from tqdm import tqdm
 
+from kms.access import Access
 from search.ingestion.documents import IngestResult
 from search.ingestion.embedding import ModelNotFoundError
 from search.ingestion.progress import Progress, failures, process_inline, wait_for_versions
 
 
-def access_for(username: str | None):
-    """The access of ``--user NAME`` (unrestricted without one); CommandError for no such user."""
-    from django.contrib.auth import get_user_model
+def add_access_arguments(parser: CommandParser, verb: str) -> None:
+    """``--user NAME`` or ``--all``: one of them is required, so no command is open by default."""
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument("--user", help=f"{verb} as this user: only what they may see.")
+    group.add_argument("--all", action="store_true",
+                       help=f"{verb} without restriction (every domain and document).")
 
-    from search.retrieval.search import UNRESTRICTED, Access
 
-    if not username:
-        return UNRESTRICTED
+def named_user(username: str):
+    """The user ``--user NAME`` names; CommandError when there is none."""
     user = get_user_model().objects.filter(username=username).first()
     if user is None:
         raise CommandError(f"No user {username!r}.")
-    return Access.for_user(user)
+    return user
+
+
+def access_from_options(options: dict, command: str) -> Access:
+    """The access of ``--user NAME`` or ``--all``."""
+    if options.get("all"):
+        return Access.everything(f"manage.py {command} --all")
+    if not options.get("user"):
+        raise CommandError("Pass --user NAME or --all.")
+    return Access.for_user(named_user(options["user"]))
 
 
 def require_worker(timeout: float = 2.0) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -44,7 +45,7 @@ def params() -> BM25Params:
 
 
 def searchable_chunks(domain: Domain) -> QuerySet[Chunk]:
-    """Chunks of the version each document serves (its newest ready one)."""
+    """The served chunks: the active set of the version each document serves."""
     return Chunk.objects.filter(domain=domain, is_current=True)
 
 
@@ -100,6 +101,13 @@ def _publish(directory: Path, path: Path) -> None:
     versions = sorted(directory.glob(f"{FILE_PREFIX}*"), key=lambda p: p.stat().st_mtime)
     for old in versions[:-KEEP_VERSIONS]:
         old.unlink(missing_ok=True)
+
+
+def remove_indexes(domain_slug: str) -> None:
+    """Delete a removed domain's index files, and forget them in this process."""
+    shutil.rmtree(Path(settings.KMS_INDEX_DIR) / "bm25" / domain_slug, ignore_errors=True)
+    for level in ("chunks", "documents"):
+        _cache.pop((domain_slug, level), None)
 
 
 @dataclass

@@ -2,8 +2,8 @@
 
 ``search()`` is the one entry point for the portal, the API, the answer pipeline and the
 evaluation commands. Every result says why it ranked (its BM25 and dense rank and score and
-its fused score), and nothing a user may not see ever leaves this module: the access filter
-is part of every query.
+its fused score), and nothing a user may not see ever leaves this module: the filter of
+``kms.access`` is part of every query, and ``access`` has no default.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ import numpy as np
 from django.conf import settings
 from django.db.models import Exists, OuterRef, Q
 
+from kms import access as access_rules
+from kms.access import Access
 from kms.store.models import Chunk, Document, Domain
 from search.ingestion.embedding import get_embedder
 from search.retrieval import index_store as bm25_store
@@ -33,27 +35,6 @@ FUSION_METHODS = ("rrf", "weighted")
 
 class SearchError(ValueError):
     """A query or option the user must change; the message says how."""
-
-
-@dataclass(frozen=True)
-class Access:
-    """Whose search this is: ``group_ids`` None means unrestricted (staff admins, evaluation).
-
-    A document with no access groups is visible to every user of its domain; one with groups
-    only to members of at least one of them.
-    """
-
-    group_ids: frozenset[int] | None = None
-
-    @classmethod
-    def for_user(cls, user) -> Access:
-        if user is not None and getattr(user, "is_superuser", False):
-            return cls(None)
-        ids = user.groups.values_list("pk", flat=True) if user is not None else []
-        return cls(frozenset(ids))
-
-
-UNRESTRICTED = Access(None)
 
 
 @dataclass(frozen=True)
@@ -142,7 +123,7 @@ def search(
     query: str,
     *,
     domain: str | Domain,
-    access: Access = UNRESTRICTED,
+    access: Access,
     mode: Mode | None = None,
     k: int = 10,
     filters: SearchFilters | None = None,
@@ -159,7 +140,7 @@ def search(
     if k < 1 or k > 1000:
         raise SearchError("k must be between 1 and 1000.")
     fusion = (fusion or FusionOptions.from_settings()).validate()
-    domain = _domain(domain)
+    domain = resolve_domain(domain, access)
     filters = filters or SearchFilters()
     n = candidates or max(settings.KMS_CANDIDATES, k)
     terms = analyze(query)
@@ -168,7 +149,7 @@ def search(
             query, mode, [], _ms(started),
             "The query has only very common words (like 'the' or 'of'); add a specific term.",
         )
-    allowed = chunk_filter(domain, access, filters)
+    allowed = filtered_chunks(domain, access, filters)
     bm25_chunks: list[tuple[int, float]] = []
     bm25_documents: list[tuple[int, float]] = []
     dense_chunks: list[tuple[int, float]] = []
@@ -205,17 +186,13 @@ def search(
     return SearchResponse(query, mode, hits, _ms(started), message, version)
 
 
-def chunk_filter(domain: Domain, access: Access, filters: SearchFilters) -> Q:
-    """Chunks the user may see, of each document's served version, within the filters.
+def filtered_chunks(domain: Domain, access: Access, filters: SearchFilters) -> Q:
+    """Served chunks the user may see (``kms.access.chunk_filter``), within the filters.
 
     Only chunk columns and correlated subqueries: a join here would lead the planner away
     from the HNSW index.
     """
-    q = Q(domain_id=domain.pk, is_current=True)
-    if access.group_ids is not None:
-        through = Document.access_groups.through
-        restricted = through.objects.filter(document_id=OuterRef("document_id"))
-        q &= ~Exists(restricted) | Exists(restricted.filter(group_id__in=access.group_ids))
+    q = access_rules.chunk_filter(access, domain)
     if filters.document_ids:
         q &= Q(document_id__in=filters.document_ids)
     documents = Q()
@@ -379,13 +356,14 @@ def _check_query(query: str) -> str:
     return query
 
 
-def _domain(domain: str | Domain) -> Domain:
-    if isinstance(domain, Domain):
-        return domain
-    found = Domain.objects.filter(slug=domain).first()
-    if found is None:
-        known = ", ".join(Domain.objects.values_list("slug", flat=True))
-        raise SearchError(f"Unknown domain {domain!r}. Known domains: {known}.")
+def resolve_domain(domain: str | Domain, access: Access) -> Domain:
+    """The domain by slug, if the caller may see it; the error names only domains they can."""
+    slug = domain.slug if isinstance(domain, Domain) else domain
+    visible = access_rules.visible_domains(access)
+    found = domain if isinstance(domain, Domain) else visible.filter(slug=slug).first()
+    if found is None or not access.sees_domain(found.pk):
+        known = ", ".join(visible.values_list("slug", flat=True)) or "none"
+        raise SearchError(f"Unknown domain {slug!r}. Domains you can search: {known}.")
     return found
 
 
@@ -394,6 +372,6 @@ def _ms(started: float) -> float:
 
 
 __all__ = [
-    "Access", "ChunkHit", "DocumentHit", "FusionOptions", "SearchError", "SearchFilters",
-    "SearchResponse", "UNRESTRICTED", "chunk_filter", "search",
+    "ChunkHit", "DocumentHit", "FusionOptions", "SearchError", "SearchFilters",
+    "SearchResponse", "filtered_chunks", "resolve_domain", "search",
 ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 
 from django.conf import settings
 from django.core.management import call_command
@@ -56,6 +57,8 @@ class Command(BaseCommand):
                 f"\nkms is running: http://{host}:{port}/admin/  user {username}"
                 + (f", password {password}" if password else "")
                 + f"\nLogs in {settings.DATA_DIR / 'logs'}. Press Ctrl+C to stop."
+                + "\nOther commands against this system: KMS_EMBEDDED=1 "
+                f"{os.path.relpath(sys.executable)} manage.py ask \"...\" --domain healthcare --all"
             ))
             supervisor.wait()
         except KeyboardInterrupt:

@@ -26,8 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from search.answering.generation.base import NO_ANSWER, GenerationRequest, Passage
-from search.ingestion.chunking import split_sentences
 from search.ingestion.embedding import get_embedder
+from search.ingestion.sentences import split_sentences
 from search.retrieval.text_analysis import analyze
 
 LEXICAL_WEIGHT = 0.1

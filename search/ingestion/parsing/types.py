@@ -115,6 +115,11 @@ class DocumentBuilder:
     def has_pages(self) -> bool:
         return bool(self._page_starts)
 
+    @property
+    def length(self) -> int:
+        """Characters of text so far (lets a parser stop early at a size limit)."""
+        return self._length
+
     def build(self, title: str | None = None) -> ParsedDocument:
         text = "".join(self._parts)
         starts = self._page_starts

@@ -18,7 +18,7 @@ from search.answering.answers import (
     stream_answer,
 )
 from search.answering.generation.backends import BACKENDS
-from search.management.cli import access_for
+from search.management.cli import access_from_options, add_access_arguments
 
 
 class Command(BaseCommand):
@@ -37,10 +37,10 @@ class Command(BaseCommand):
         parser.add_argument("--stream", action="store_true", help="Print the draft as it is "
                             "generated, then the verified answer.")
         parser.add_argument("--json", action="store_true", help="Print the answer as JSON.")
-        parser.add_argument("--user", help="Answer as this user (their access groups apply).")
+        add_access_arguments(parser, "Answer")
 
     def handle(self, *args, **options) -> None:
-        access = access_for(options["user"])
+        access = access_from_options(options, "ask")
         try:
             settings_options = AnswerOptions.from_settings(
                 verify=options["verify"], policy=options["policy"]

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from kms.store.models import Domain
 from search.evaluation.benchmark import (
     DEFAULT_QUERIES_FILE,
     BenchmarkError,
@@ -13,6 +14,7 @@ from search.evaluation.benchmark import (
     run_benchmark,
     write_report,
 )
+from search.evaluation.domains import OwnedDomainError, drop
 from search.retrieval.search import MODES
 
 
@@ -25,7 +27,8 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--size", type=int, default=100_000, help="Searchable chunks.")
-        parser.add_argument("--domain", default="bench", help="Benchmark domain slug.")
+        parser.add_argument("--domain", default="bench",
+                            help="The benchmark's own domain (a staff domain is refused).")
         parser.add_argument("--source-domain", default="healthcare", help="Domain to copy.")
         parser.add_argument("--queries", type=int, default=200, help="Timed queries per mode.")
         parser.add_argument(
@@ -35,7 +38,11 @@ class Command(BaseCommand):
         parser.add_argument("--modes", default=",".join(MODES), help="Comma-separated.")
         parser.add_argument("--rank-bm25-queries", type=int, default=20)
         parser.add_argument("--output", type=Path, default=Path("reports/bench"))
-        parser.add_argument("--drop", action="store_true", help="Delete the domain's documents.")
+        parser.add_argument("--drop", action="store_true",
+                            help="Empty a kept benchmark domain before growing it again.")
+        parser.add_argument("--keep", action="store_true",
+                            help="Keep the benchmark domain for the next run (growing 100,000 "
+                            "chunks takes minutes) instead of removing it afterwards.")
         parser.add_argument("--seed", type=int, default=0, help="Query sampling and noise.")
 
     def handle(self, *args, **options) -> None:
@@ -44,7 +51,22 @@ class Command(BaseCommand):
             self.stdout.write(f"{queries_file} not found: sampling chunk sentences instead.")
             queries_file = None
         try:
-            report = run_benchmark(
+            report = self._run(options, queries_file)
+        finally:
+            domain = Domain.objects.filter(slug=options["domain"],
+                                           purpose=Domain.Purpose.EVALUATION).first()
+            if domain is not None and not options["keep"]:
+                deleted = drop(domain)
+                self.stdout.write(f"Removed the benchmark domain {domain.slug!r} ({deleted:,} "
+                                  "chunks); pass --keep to reuse it.")
+        self.stdout.write("")
+        self.stdout.write(format_table(report))
+        path = write_report(report, options["output"])
+        self.stdout.write(f"Wrote {path}")
+
+    def _run(self, options, queries_file):
+        try:
+            return run_benchmark(
                 size=options["size"],
                 domain=options["domain"],
                 source_domain=options["source_domain"],
@@ -56,9 +78,5 @@ class Command(BaseCommand):
                 seed=options["seed"],
                 echo=self.stdout.write,
             )
-        except BenchmarkError as exc:
+        except (BenchmarkError, OwnedDomainError) as exc:
             raise CommandError(str(exc)) from exc
-        self.stdout.write("")
-        self.stdout.write(format_table(report))
-        path = write_report(report, options["output"])
-        self.stdout.write(f"Wrote {path}")

@@ -8,12 +8,10 @@ from pathlib import Path
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from tqdm import tqdm
 
-from kms.store.models import Domain
 from search.answering.generation.backends import BACKENDS, get_generator
 from search.answering.generation.base import GeneratorError
 from search.evaluation.answers import (
     OFF_TOPIC,
-    SOURCE_PREFIX,
     VERIFICATIONS,
     ensure_index,
     evaluate,
@@ -23,6 +21,7 @@ from search.evaluation.answers import (
     store_contexts,
 )
 from search.evaluation.beir import DatasetError
+from search.evaluation.domains import OwnedDomainError, drop, owned_domain
 from search.management.cli import process_with_progress
 from search.retrieval.search import SearchError
 
@@ -36,7 +35,9 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("dataset_dir", type=Path)
-        parser.add_argument("--domain", default="pubmedqa", help="Created if missing.")
+        parser.add_argument("--domain", default="pubmedqa",
+                            help="An evaluation domain of its own (created if missing; a "
+                            "staff domain is refused).")
         parser.add_argument("--backends", default="extractive,local",
                             help=f"Comma-separated, of {', '.join(BACKENDS)}.")
         parser.add_argument("--limit", type=int, default=100,
@@ -45,6 +46,9 @@ class Command(BaseCommand):
         parser.add_argument("--seed", type=int, default=13, help="Which questions --limit picks.")
         parser.add_argument("--verifications", default=",".join(VERIFICATIONS))
         parser.add_argument("--json", type=Path, help="Also write the report here.")
+        parser.add_argument("--keep", action="store_true",
+                            help="Keep the evaluation domain (and its embedded contexts) for "
+                            "the next run instead of removing it.")
 
     def handle(self, *args, **options) -> None:
         try:
@@ -64,14 +68,22 @@ class Command(BaseCommand):
         except GeneratorError as exc:
             raise CommandError(str(exc)) from exc
 
-        domain, _ = Domain.objects.get_or_create(
-            slug=options["domain"], defaults={"name": "PubMedQA"}
-        )
-        if domain.documents.exclude(source__startswith=SOURCE_PREFIX).exists():
-            raise CommandError(
-                f"Domain {domain.slug!r} holds other documents; PubMedQA's 1,000 abstracts are "
-                "not added to it. Use a domain of its own (the default is pubmedqa)."
-            )
+        try:
+            domain = owned_domain(options["domain"], "PubMedQA",
+                                  "PubMedQA's contexts, owned by manage.py evaluate_answers.")
+        except OwnedDomainError as exc:
+            raise CommandError(str(exc)) from exc
+        try:
+            self._run(options, items, test, backends, domain, verifications)
+        finally:
+            if options["keep"]:
+                self.stdout.write(f"Kept the evaluation domain {domain.slug!r} (--keep).")
+            else:
+                deleted = drop(domain)
+                self.stdout.write(f"Removed the evaluation domain {domain.slug!r} "
+                                  f"({deleted} chunks); pass --keep to reuse it.")
+
+    def _run(self, options, items, test, backends, domain, verifications) -> None:
         queued = store_contexts(items, domain)
         if queued:
             self.stdout.write(f"Embedding {len(queued)} new PubMedQA contexts in this process.")

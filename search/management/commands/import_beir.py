@@ -10,6 +10,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import transaction
 from tqdm import tqdm
 
+from kms.access import Access
 from kms.store.models import Chunk
 from search.evaluation.beir import DatasetError, read_corpus
 from search.ingestion.documents import (
@@ -83,6 +84,7 @@ class Command(BaseCommand):
         with transaction.atomic():
             result = add_document(
                 domain, source=f"beir:{name}:{row.id}", filename=f"{row.id}.txt",
+                uploader=Access.everything("manage.py import_beir"),
                 content=row.text.encode("utf-8"), title=row.title or row.id, queue=False,
             )
         results.append(result)

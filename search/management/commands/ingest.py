@@ -9,8 +9,14 @@ from django.contrib.auth.models import Group
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from tqdm import tqdm
 
+from kms.access import Access
 from search.ingestion.documents import UnknownDomainError, get_domain, ingest_file, iter_files
-from search.management.cli import print_summary, process_with_progress, require_worker
+from search.management.cli import (
+    named_user,
+    print_summary,
+    process_with_progress,
+    require_worker,
+)
 
 
 class Command(BaseCommand):
@@ -33,6 +39,10 @@ class Command(BaseCommand):
             "--no-wait", action="store_true", help="Queue and return without waiting."
         )
         parser.add_argument("--timeout", type=float, default=None, help="Seconds to wait.")
+        parser.add_argument(
+            "--user", help="Upload as this user: recorded as the uploader, and messages name "
+            "only documents they may see. Without it the operator uploads, unrestricted.",
+        )
 
     def handle(self, *args, **options) -> None:
         try:
@@ -45,12 +55,15 @@ class Command(BaseCommand):
         inline = options["inline"]
         if not inline:
             require_worker()
+        user = named_user(options["user"]) if options["user"] else None
+        uploader = Access.for_user(user) if user else Access.everything("manage.py ingest")
         groups = [Group.objects.get_or_create(name=name)[0] for name in options["groups"]]
         results = []
         for path in tqdm(files, desc="Storing", unit="file", dynamic_ncols=True):
             root = next((p for p in options["paths"] if p.is_dir() and p in path.parents), None)
             results.append(
-                ingest_file(domain, path, root=root, access_groups=groups, queue=not inline)
+                ingest_file(domain, path, uploader=uploader, root=root, access_groups=groups,
+                            uploaded_by=user, queue=not inline)
             )
         version_ids = [r.version_id for r in results if r.outcome == "queued" and r.version_id]
         if options["no_wait"]:

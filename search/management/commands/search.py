@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils.html import strip_tags
 
-from search.management.cli import access_for
+from search.management.cli import access_from_options, add_access_arguments
 from search.retrieval.search import (
     FUSION_METHODS,
     MODES,
@@ -24,10 +24,10 @@ class Command(BaseCommand):
         parser.add_argument("--mode", choices=MODES, default=None)
         parser.add_argument("--k", type=int, default=5)
         parser.add_argument("--fusion", choices=FUSION_METHODS, default=None)
-        parser.add_argument("--user", help="Search as this user (their access groups apply).")
+        add_access_arguments(parser, "Search")
 
     def handle(self, *args, **options) -> None:
-        access = access_for(options["user"])
+        access = access_from_options(options, "search")
         fusion = None
         if options["fusion"]:
             defaults = FusionOptions.from_settings()

@@ -1,28 +1,58 @@
-"""Admin for curating the store; actions call the ingest services, never the pipeline inline."""
+"""Admin for curating the store; actions call the ingest services, never the pipeline inline.
+
+Every list, detail page, search and action works on the selectors of ``kms.access`` for the
+signed-in account: domain staff see their domains' documents and nothing of another group's
+restricted documents (not their text, their chunks, nor a chunk search hit).
+"""
 
 from __future__ import annotations
 
 from django.contrib import admin, messages
-from django.db.models import QuerySet
+from django.db.models import Count, OuterRef, QuerySet, Subquery
+from django.db.models.functions import Coalesce
 from django.http import HttpRequest
 from django.template.defaultfilters import pluralize
 from django.utils.html import format_html
 
+from kms import access
 from kms.store.models import Chunk, Document, DocumentVersion, Domain
 from search.ingestion.documents import reembed, reprocess
 
 
+def access_of(request: HttpRequest) -> access.Access:
+    """The signed-in account's access, worked out once per request."""
+    if not hasattr(request, "_kms_access"):
+        request._kms_access = access.Access.for_user(request.user)
+    return request._kms_access
+
+
 @admin.register(Domain)
 class DomainAdmin(admin.ModelAdmin):
-    list_display = ["slug", "name", "chunk_tokens", "chunk_overlap", "document_count"]
+    list_display = ["slug", "name", "purpose", "chunk_tokens", "chunk_overlap",
+                    "document_count"]
     prepopulated_fields = {"slug": ["name"]}
+    filter_horizontal = ["member_groups"]
 
-    @admin.display(description="Documents")
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Domain]:
+        visible = access_of(request)
+        counts = (
+            access.visible_documents(visible).filter(domain=OuterRef("pk")).order_by()
+            .values("domain").annotate(n=Count("pk")).values("n")
+        )
+        return access.visible_domains(visible).annotate(
+            visible_documents=Coalesce(Subquery(counts), 0)
+        )
+
+    @admin.display(description="Documents", ordering="visible_documents")
     def document_count(self, obj: Domain) -> int:
-        return obj.documents.count()
+        return obj.visible_documents
+
+    def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
+        """Deleting a domain lists every document in it, so only superusers may."""
+        return request.user.is_superuser and super().has_delete_permission(request, obj)
 
 
-class VersionInline(admin.TabularInline):
+class VersionInline(admin.TabularInline):  # inside a document the account may see
     model = DocumentVersion
     fields = ["number", "filename", "media_type", "size_bytes", "status", "status_message",
               "page_count", "created_at"]
@@ -43,7 +73,8 @@ def _current_versions(queryset: QuerySet[Document]) -> list[int]:
 class DocumentAdmin(admin.ModelAdmin):
     list_display = ["title", "domain", "status_badge", "media_type", "version_number",
                     "updated_at"]
-    list_filter = ["domain", "status", "media_type", "access_groups"]
+    list_filter = [("domain", admin.RelatedOnlyFieldListFilter), "status", "media_type",
+                   ("access_groups", admin.RelatedOnlyFieldListFilter)]
     search_fields = ["title", "source", "content_hash"]
     readonly_fields = ["domain", "source", "media_type", "content_hash", "status",
                        "status_message", "current_version", "uploaded_by", "created_at",
@@ -52,6 +83,9 @@ class DocumentAdmin(admin.ModelAdmin):
     inlines = [VersionInline]
     actions = ["process_again", "reembed_documents"]
     list_select_related = ["domain", "current_version"]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Document]:
+        return access.visible_documents(access_of(request)).select_related("domain")
 
     @admin.display(description="Status", ordering="status")
     def status_badge(self, obj: Document):
@@ -91,9 +125,12 @@ class DocumentAdmin(admin.ModelAdmin):
 @admin.register(DocumentVersion)
 class DocumentVersionAdmin(admin.ModelAdmin):
     list_display = ["__str__", "status", "media_type", "size_bytes", "page_count", "created_at"]
-    list_filter = ["status", "media_type", "document__domain"]
+    list_filter = ["status", "media_type", ("document__domain", admin.RelatedOnlyFieldListFilter)]
     search_fields = ["document__title", "filename", "content_hash"]
     actions = ["reembed_versions"]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[DocumentVersion]:
+        return access.visible_versions(access_of(request)).select_related("document")
 
     exclude = ["structure", "file"]  # uploads are not served over HTTP: they may be restricted
 
@@ -117,10 +154,13 @@ class ChunkAdmin(admin.ModelAdmin):
     """Read-only: chunks are derived data; change the document and process it again."""
 
     list_display = ["__str__", "page", "heading", "token_count", "embedding_model", "has_vector"]
-    list_filter = ["document__domain", "embedding_model"]
+    list_filter = [("domain", admin.RelatedOnlyFieldListFilter), "embedding_model"]
     search_fields = ["text", "document__title"]
     list_select_related = ["version__document"]
     exclude = ["embedding"]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Chunk]:
+        return access.visible_chunks(access_of(request))
 
     @admin.display(boolean=True, description="Vector")
     def has_vector(self, obj: Chunk) -> bool:
