@@ -153,8 +153,10 @@ class DocumentVersionAdmin(admin.ModelAdmin):
 class ChunkAdmin(admin.ModelAdmin):
     """Read-only: chunks are derived data; change the document and process it again."""
 
-    list_display = ["__str__", "page", "heading", "token_count", "embedding_model", "has_vector"]
-    list_filter = [("domain", admin.RelatedOnlyFieldListFilter), "embedding_model"]
+    list_display = ["__str__", "page", "heading", "token_count", "embedding_model",
+                    "embedding_backend", "has_vector"]
+    list_filter = [("domain", admin.RelatedOnlyFieldListFilter), "embedding_model",
+                   "embedding_backend"]
     search_fields = ["text", "document__title"]
     list_select_related = ["version__document"]
     exclude = ["embedding"]

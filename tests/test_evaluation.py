@@ -192,3 +192,54 @@ def test_command_refuses_to_score_bm25_without_an_index(tiny: Path, settings, tm
     call_command("evaluate", str(tiny), "--domain", "healthcare", "--modes", "dense",
                  "--output", str(tmp_path / "r"), stdout=out, stderr=StringIO())
     assert "dense" in out.getvalue() and "hybrid" not in out.getvalue()
+
+
+@pytest.fixture
+def tiny_torch(settings, request) -> Path:
+    """``tiny`` embedded by the torch backend, so served vectors are the reference's."""
+    settings.KMS_EMBEDDING_BACKEND = "torch"
+    return request.getfixturevalue("tiny")
+
+
+@pytest.mark.django_db
+def test_offline_encoder_rankings_are_the_served_rankings(tiny_torch: Path) -> None:
+    """bench_encode's exact dense and hybrid runs are what search returns (same vectors)."""
+    from search.evaluation import encoders as bench
+    from search.ingestion.embedding import get_embedder
+
+    prefix = beir_prefix(tiny_torch)
+    domain = Domain.objects.get(slug="healthcare")
+    queries = {qid: QUERIES[qid] for qid in QRELS}
+    corpus = bench.load_corpus(domain, prefix)
+    embedder = get_embedder(backend="torch")
+    offline = bench.rankings(
+        corpus, {qid: embedder.encode([text])[0] for qid, text in queries.items()},
+        embedder.encode(corpus.texts), bench.bm25_rankings(queries, domain, corpus, prefix),
+    )
+    for mode in ("dense", "hybrid"):
+        served = run_queries(queries, domain="healthcare", mode=mode, k=bench.K,
+                             source_prefix=prefix).run
+        for qid in queries:
+            assert list(offline[mode][qid]) == list(served[qid]), (mode, qid)
+            assert list(offline[mode][qid].values()) == pytest.approx(
+                list(served[qid].values()), abs=1e-5)
+
+
+@pytest.mark.django_db
+def test_bench_encode_prints_each_backend_side_by_side(tiny: Path, tmp_path: Path) -> None:
+    out = StringIO()
+    call_command("bench_encode", "--domain", "healthcare", "--dataset", str(tiny),
+                 "--backends", "onnx-int8,torch", "--output", str(tmp_path), stdout=out,
+                 stderr=StringIO())
+    text = out.getvalue()
+    lines = {line.split()[0]: line.split() for line in text.splitlines() if line.strip()}
+    assert lines["torch"][1] == "torch" and lines["onnx-int8"][1] == "onnx-int8"
+    assert float(lines["torch"][4]) == 1.0  # the x-torch column of the reference
+    assert 0.98 < float(lines["onnx-int8"][8]) < 1.0  # its worst cosine with torch
+    assert "Fastest backend within 0.005 hybrid nDCG@10 of torch:" in text
+    (report,) = tmp_path.glob("encoders-healthcare-*.json")
+    rows = json.loads(report.read_text())["rows"]
+    assert [row["backend"] for row in rows] == ["torch", "onnx-int8"]
+    assert all(row["metrics"]["hybrid"]["ndcg@10"] > 0 for row in rows)
+    with pytest.raises(CommandError, match="Unknown backends"):
+        call_command("bench_encode", "--domain", "healthcare", "--backends", "tpu")

@@ -219,7 +219,14 @@ class Chunk(models.Model):
     heading = models.CharField(max_length=1000, blank=True)
     token_count = models.PositiveIntegerField()
     embedding = VectorField(dimensions=settings.KMS_EMBEDDING_DIM, null=True, blank=True)
-    embedding_model = models.CharField(max_length=200, blank=True)
+    embedding_model = models.CharField(
+        max_length=200, blank=True,
+        help_text="The embedding space of the vector (model@weights, +backend if it differs "
+                  "from torch's); dense search compares only vectors of the query's space.",
+    )
+    embedding_backend = models.CharField(
+        max_length=20, blank=True, help_text="torch, onnx or onnx-int8: what computed it."
+    )
     embedded_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:

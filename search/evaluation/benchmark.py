@@ -214,6 +214,7 @@ def _load_source(source: Domain) -> list[_SourceDocument]:
             "document_id", "version_id", "document__title", "document__media_type",
             "document__content_hash", "ordinal", "text", "start_offset", "end_offset", "page",
             "page_end", "heading", "token_count", "embedding", "embedding_model",
+            "embedding_backend",
         )
         .iterator(chunk_size=2000)
     )
@@ -296,7 +297,8 @@ def _insert(
                     text=row["text"], start_offset=row["start_offset"],
                     end_offset=row["end_offset"], page=row["page"], page_end=row["page_end"],
                     heading=row["heading"], token_count=row["token_count"], embedding=vector,
-                    embedding_model=row["embedding_model"], embedded_at=now,
+                    embedding_model=row["embedding_model"],
+                    embedding_backend=row["embedding_backend"], embedded_at=now,
                 ))
         Chunk.objects.bulk_create(chunks, batch_size=500)
 
@@ -484,7 +486,7 @@ def run_settings(k: int, queries: int, queries_file: Path | None) -> dict[str, o
         "ef_search": settings.KMS_HNSW_EF_SEARCH,
         "candidates": settings.KMS_CANDIDATES,
         "fusion": asdict(FusionOptions.from_settings()),
-        "torch_threads": settings.KMS_TORCH_THREADS,
+        "encoder_threads": settings.KMS_ENCODER_THREADS,
         "cores": os.cpu_count(),
         "postgres": postgres.split(" on ")[0],
         "pgvector": pgvector,

@@ -256,6 +256,7 @@ def settings_used(
         },
         "hnsw_ef_search": settings.KMS_HNSW_EF_SEARCH,
         "embedding_model": get_embedder().version,
+        "embedding_backend": get_embedder().backend_used,
         "chunk_tokens": settings.KMS_CHUNK_TOKENS,
         "chunk_overlap": settings.KMS_CHUNK_OVERLAP,
     }

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
+import logging
 import threading
 from dataclasses import dataclass
 from functools import cached_property
@@ -11,6 +10,13 @@ from pathlib import Path
 
 import numpy as np
 from django.conf import settings
+
+from search.ingestion.encoders import BACKENDS, Encoder, EncoderError
+from search.ingestion.encoders.onnx_export import ensure_export, model_checksum, model_name
+from search.ingestion.encoders.onnx_runtime import OnnxEncoder
+from search.ingestion.encoders.sentence_transformer import SentenceTransformerEncoder
+
+logger = logging.getLogger(__name__)
 
 
 class ModelNotFoundError(RuntimeError):
@@ -30,64 +36,75 @@ def checked_model_path(path: str | Path | None = None) -> Path:
 
 @dataclass
 class Embedder:
+    """One model run by one backend (``KMS_EMBEDDING_BACKEND``), loaded on first use."""
+
     path: Path
+    backend: str = "torch"
 
     @cached_property
-    def model(self):  # -> SentenceTransformer (imported lazily: torch takes seconds to load)
-        from sentence_transformers import SentenceTransformer
-
+    def encoder(self) -> Encoder:
+        """The backend's encoder, or torch's with a log line when the backend cannot run."""
         checked_model_path(self.path)
-        if settings.KMS_TORCH_THREADS:
-            import torch
+        threads = settings.KMS_ENCODER_THREADS
+        if self.backend != "torch":
+            try:
+                export = ensure_export(self.path, self.backend, settings.KMS_ENCODER_CACHE_DIR,
+                                       self.checksum)
+                return OnnxEncoder(export, self.path, threads)
+            except EncoderError as exc:
+                logger.warning(
+                    "KMS_EMBEDDING_BACKEND=%s is not available for %s, using torch: %s",
+                    self.backend, self.path, exc,
+                )
+        return SentenceTransformerEncoder(self.path, threads)
 
-            torch.set_num_threads(settings.KMS_TORCH_THREADS)
-        return SentenceTransformer(str(self.path), device="cpu", local_files_only=True)
+    @property
+    def backend_used(self) -> str:
+        """The backend that really encodes (torch after a fallback)."""
+        return self.encoder.backend
 
     @cached_property
+    def checksum(self) -> str:
+        return model_checksum(self.path)
+
+    @property
     def version(self) -> str:
-        """``name@hash``: which weights produced a vector, so re-embedding can find stale ones."""
-        weights = next(
-            (p for p in (self.path / "model.safetensors", self.path / "pytorch_model.bin")
-             if p.exists()),
-            None,
-        )
-        digest = hashlib.sha256()
-        if weights is not None:
-            with weights.open("rb") as fh:
-                for block in iter(lambda: fh.read(1 << 20), b""):
-                    digest.update(block)
-        else:
-            digest.update(json.dumps(sorted(p.name for p in self.path.iterdir())).encode())
-        name = self.path.name if self.path.name != "model" else self.path.parent.name
-        return f"{name}@{digest.hexdigest()[:12]}"
+        """The embedding space of the vectors: ``name@hash`` of the weights, plus the backend
+        when its vectors differ from torch's by more than ``KMS_EMBEDDING_SPACE_TOLERANCE``
+        in cosine (int8). Vectors are only compared with vectors of the same space."""
+        space = f"{model_name(self.path)}@{self.checksum[:12]}"
+        encoder = self.encoder
+        if isinstance(encoder, OnnxEncoder) and (
+            encoder.export.min_cosine < 1.0 - settings.KMS_EMBEDDING_SPACE_TOLERANCE
+        ):
+            space += f"+{encoder.backend}"
+        return space
 
     @property
     def dimensions(self) -> int:
-        return int(self.model.get_sentence_embedding_dimension())
+        return self.encoder.dimensions
 
     def encode(self, texts: list[str], batch_size: int | None = None) -> np.ndarray:
         """Unit-length float32 vectors (cosine similarity is then a dot product)."""
         if not texts:
             return np.zeros((0, self.dimensions), dtype=np.float32)
-        return self.model.encode(
-            texts,
-            batch_size=batch_size or settings.KMS_EMBED_BATCH_SIZE,
-            normalize_embeddings=True,
-            convert_to_numpy=True,
-            show_progress_bar=False,
-        ).astype(np.float32)
+        return self.encoder.encode(list(texts), batch_size or settings.KMS_EMBED_BATCH_SIZE)
 
 
 _lock = threading.Lock()
-_embedders: dict[Path, Embedder] = {}
+_embedders: dict[tuple[Path, str], Embedder] = {}
 
 
-def get_embedder(path: str | Path | None = None) -> Embedder:
-    """The process-wide embedder for ``path`` (default: the ``KMS_EMBEDDING_MODEL`` setting)."""
-    key = Path(path or settings.KMS_EMBEDDING_MODEL).resolve()
+def get_embedder(path: str | Path | None = None, backend: str | None = None) -> Embedder:
+    """The process-wide embedder for ``path`` and ``backend`` (default: the
+    ``KMS_EMBEDDING_MODEL`` and ``KMS_EMBEDDING_BACKEND`` settings)."""
+    key = (Path(path or settings.KMS_EMBEDDING_MODEL).resolve(),
+           backend or settings.KMS_EMBEDDING_BACKEND)
+    if key[1] not in BACKENDS:
+        raise ValueError(f"Unknown embedding backend {key[1]!r}; use one of {BACKENDS}.")
     with _lock:
         if key not in _embedders:
-            _embedders[key] = Embedder(key)
+            _embedders[key] = Embedder(*key)
         return _embedders[key]
 
 

@@ -178,6 +178,7 @@ def embed_pending(claim_size: int | None = None, time_budget: float = 60.0) -> t
     worker that dies releases its claim with its connection.
     """
     embedder = get_embedder()
+    space, backend = embedder.version, embedder.backend_used
     size = claim_size or settings.KMS_EMBED_CLAIM_SIZE
     started = time.monotonic()
     total = 0
@@ -197,9 +198,12 @@ def embed_pending(claim_size: int | None = None, time_budget: float = 60.0) -> t
             now = timezone.now()
             for chunk, vector in zip(rows, vectors, strict=True):
                 chunk.embedding = vector
-                chunk.embedding_model = embedder.version
+                chunk.embedding_model = space
+                chunk.embedding_backend = backend
                 chunk.embedded_at = now
-            Chunk.objects.bulk_update(rows, ["embedding", "embedding_model", "embedded_at"])
+            Chunk.objects.bulk_update(
+                rows, ["embedding", "embedding_model", "embedding_backend", "embedded_at"]
+            )
         total += len(rows)
         finalize_chunk_sets({c.chunk_set_id for c in rows})
         if time.monotonic() - started > time_budget:
@@ -344,6 +348,27 @@ def stalled_versions(older_than_seconds: int) -> list[int]:
         .order_by("pk")
         .values_list("pk", flat=True)
     )
+
+
+def chunks_waiting() -> bool:
+    """Chunks without a vector yet (embedding is still busy)."""
+    return Chunk.objects.filter(embedding__isnull=True).exists()
+
+
+def versions_in_other_spaces(space: str, domain_id: int | None = None,
+                             limit: int | None = None) -> list[int]:
+    """Served versions with vectors of another embedding space than ``space`` (the model or
+    its quantisation changed): dense search skips those vectors until they are re-embedded."""
+    chunks = Chunk.objects.filter(is_current=True, embedding__isnull=False).exclude(
+        embedding_model=space)
+    if domain_id is not None:
+        chunks = chunks.filter(domain_id=domain_id)
+    versions = (
+        DocumentVersion.objects.filter(pk__in=chunks.values("version_id"))
+        .exclude(status__in=OPEN_STATES)
+        .order_by("pk").values_list("pk", flat=True)
+    )
+    return list(versions[:limit] if limit else versions)
 
 
 def open_versions(version_ids: Iterable[int]) -> list[int]:

@@ -22,7 +22,8 @@ from django.db import DatabaseError, InterfaceError, OperationalError
 from django.dispatch import receiver
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from search.ingestion import pipeline, signals
+from search.ingestion import documents, pipeline, signals
+from search.ingestion.embedding import get_embedder
 from search.ingestion.sandbox import SandboxUnavailable
 
 logger = logging.getLogger(__name__)
@@ -101,6 +102,20 @@ def requeue_stalled() -> int:
     return len(version_ids)
 
 
+@shared_task(base=PipelineTask)
+def reembed_other_spaces() -> int:
+    """Periodic: blue/green re-embedding of served versions whose vectors are of another
+    embedding space (a new model or backend), a batch at a time while nothing else waits."""
+    if _queue_length() > 0 or pipeline.chunks_waiting():
+        return 0
+    space = get_embedder().version
+    version_ids = pipeline.versions_in_other_spaces(space, limit=settings.KMS_REEMBED_BATCH)
+    if version_ids:
+        logger.warning("Re-embedding %d versions into %s", len(version_ids), space)
+        documents.reembed(version_ids)
+    return len(version_ids)
+
+
 def _queue_length() -> int:
     """Messages waiting in our queue; Redis drops an empty queue, which reads as 0."""
     app = requeue_stalled.app
@@ -131,10 +146,8 @@ def process_versions(version_ids: list[int]) -> None:
 @worker_process_init.connect
 def _load_models(**_: object) -> None:
     """Load the embedder once per worker process, before the first task needs it."""
-    from search.ingestion.embedding import get_embedder
-
     try:
-        get_embedder().model  # noqa: B018 - loading is the point
+        get_embedder().encoder  # noqa: B018 - loading is the point
     except Exception:  # the task that needs it will fail with the reason
         logger.exception("Could not load the embedding model")
 

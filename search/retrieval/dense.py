@@ -16,14 +16,16 @@ from kms.store.models import Chunk
 
 
 def dense_search(
-    query_vector: np.ndarray, chunk_filter: Q, k: int, ef_search: int
+    query_vector: np.ndarray, space: str, chunk_filter: Q, k: int, ef_search: int
 ) -> list[tuple[int, int, float]]:
-    """(chunk id, document id, cosine similarity) of the ``k`` nearest allowed chunks."""
+    """(chunk id, document id, cosine similarity) of the ``k`` nearest allowed chunks whose
+    vectors are of the query vector's embedding ``space`` (a vector of another model or
+    quantisation is not comparable; it is found again once re-embedded)."""
     with transaction.atomic(), connection.cursor() as cursor:
         cursor.execute("SET LOCAL hnsw.ef_search = %s", [max(ef_search, k)])
         cursor.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
         rows = list(
-            Chunk.objects.filter(chunk_filter, embedding__isnull=False)
+            Chunk.objects.filter(chunk_filter, embedding__isnull=False, embedding_model=space)
             .annotate(distance=CosineDistance("embedding", query_vector))
             .order_by("distance")
             .values_list("pk", "document_id", "distance")[:k]

@@ -8,13 +8,16 @@ its fused score), and nothing a user may not see ever leaves this module: the fi
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
 
 import numpy as np
 from django.conf import settings
+from django.db import connection, transaction
 from django.db.models import Exists, OuterRef, Q
 
 from kms import access as access_rules
@@ -149,41 +152,58 @@ def search(
             query, mode, [], _ms(started),
             "The query has only very common words (like 'the' or 'of'); add a specific term.",
         )
-    allowed = filtered_chunks(domain, access, filters)
-    bm25_chunks: list[tuple[int, float]] = []
-    bm25_documents: list[tuple[int, float]] = []
-    dense_chunks: list[tuple[int, float]] = []
-    chunk_index = None
-    owners: dict[int, int] = {}  # chunk id -> document id, filled as candidates are found
-    if mode in ("bm25", "hybrid"):
-        chunk_index = bm25_store.current_index(domain.slug, "chunks")
-        document_index = bm25_store.current_index(domain.slug, "documents")
-        if chunk_index is not None and document_index is not None:
-            bm25_chunks = _bm25_candidates(
-                chunk_index, terms, Chunk.objects.filter(allowed), "document_id", n,
-                bool(filters.document_ids), owners,
-            )
-            bm25_documents = _bm25_candidates(
-                document_index, terms, Document.objects.filter(document_filter(allowed)), "pk",
-                n, bool(filters.document_ids), {},
-            )
-    if mode in ("dense", "hybrid"):
-        vector = get_embedder().encode([query])[0]
-        for pk, document, similarity in dense_search(
-            vector, allowed, n, settings.KMS_HNSW_EF_SEARCH
-        ):
-            dense_chunks.append((pk, similarity))
-            owners[pk] = document
-    dense_documents = _best_chunk_per_document(dense_chunks, owners)
-    documents = fuse(mode, bm25_documents, dense_documents, fusion)[:k]
-    chunk_ranking = fuse(mode, bm25_chunks, dense_chunks, fusion)
-    hits = _assemble(documents, chunk_ranking, owners, bm25_chunks, dense_chunks, bm25_documents,
-                     dense_documents, chunk_index, terms, allowed, chunks_per_document)
+    with _one_snapshot():
+        allowed = filtered_chunks(domain, access, filters)
+        bm25_chunks: list[tuple[int, float]] = []
+        bm25_documents: list[tuple[int, float]] = []
+        dense_chunks: list[tuple[int, float]] = []
+        chunk_index = None
+        owners: dict[int, int] = {}  # chunk id -> document id, filled as candidates are found
+        if mode in ("bm25", "hybrid"):
+            chunk_index = bm25_store.current_index(domain.slug, "chunks")
+            document_index = bm25_store.current_index(domain.slug, "documents")
+            if chunk_index is not None and document_index is not None:
+                bm25_chunks = _bm25_candidates(
+                    chunk_index, terms, Chunk.objects.filter(allowed), "document_id", n,
+                    bool(filters.document_ids), owners,
+                )
+                bm25_documents = _bm25_candidates(
+                    document_index, terms, Document.objects.filter(document_filter(allowed)), "pk",
+                    n, bool(filters.document_ids), {},
+                )
+        if mode in ("dense", "hybrid"):
+            embedder = get_embedder()
+            vector = embedder.encode([query])[0]
+            for pk, document, similarity in dense_search(
+                vector, embedder.version, allowed, n, settings.KMS_HNSW_EF_SEARCH
+            ):
+                dense_chunks.append((pk, similarity))
+                owners[pk] = document
+        dense_documents = best_chunk_per_document(dense_chunks, owners)
+        documents = fuse(mode, bm25_documents, dense_documents, fusion)[:k]
+        chunk_ranking = fuse(mode, bm25_chunks, dense_chunks, fusion)
+        hits = _assemble(documents, chunk_ranking, owners, bm25_chunks, dense_chunks,
+                         bm25_documents, dense_documents, chunk_index, terms, allowed,
+                         chunks_per_document)
     message = ""
     if mode != "dense" and chunk_index is None:
         message = "The BM25 index of this domain is not built yet; keyword matches are missing."
     version = chunk_index.version if chunk_index is not None else None
     return SearchResponse(query, mode, hits, _ms(started), message, version)
+
+
+@contextlib.contextmanager
+def _one_snapshot() -> Iterator[None]:
+    """Every read of one search sees one snapshot of the database. Otherwise a chunk set
+    switched between two of its queries ("process again", re-embedding) drops the document:
+    found by the old chunks, which are gone when their text is read."""
+    if connection.in_atomic_block:  # the caller's transaction decides what it sees
+        yield
+        return
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        yield
 
 
 def filtered_chunks(domain: Domain, access: Access, filters: SearchFilters) -> Q:
@@ -237,7 +257,7 @@ def _bm25_candidates(
         want *= 4
 
 
-def _best_chunk_per_document(
+def best_chunk_per_document(
     dense_chunks: list[tuple[int, float]], owners: dict[int, int]
 ) -> list[tuple[int, float]]:
     """Documents ranked by their most similar chunk (the usual max-passage rule)."""

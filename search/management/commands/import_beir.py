@@ -109,7 +109,7 @@ class Command(BaseCommand):
         embedder.encode(texts)
         raw_rate = len(texts) / (time.monotonic() - started)
         self.stdout.write(
-            f"Raw SentenceTransformer.encode on the same {len(texts)} chunk texts: "
+            f"Raw encoder ({embedder.backend_used}) on the same {len(texts)} chunk texts: "
             f"{raw_rate:.1f} chunks/s. Ingest/encode throughput ratio: "
             f"{ingest_rate / raw_rate:.2f}"
         )
