@@ -241,5 +241,10 @@ def test_bench_encode_prints_each_backend_side_by_side(tiny: Path, tmp_path: Pat
     rows = json.loads(report.read_text())["rows"]
     assert [row["backend"] for row in rows] == ["torch", "onnx-int8"]
     assert all(row["metrics"]["hybrid"]["ndcg@10"] > 0 for row in rows)
+    without_qrels = StringIO()  # no dataset: titles are the queries, no quality figures
+    call_command("bench_encode", "--domain", "healthcare", "--backends", "torch", "--limit",
+                 "3", stdout=without_qrels, stderr=StringIO())
+    assert without_qrels.getvalue().startswith("3 chunk texts of healthcare, 9 queries")
+    assert "Fastest backend" not in without_qrels.getvalue()
     with pytest.raises(CommandError, match="Unknown backends"):
         call_command("bench_encode", "--domain", "healthcare", "--backends", "tpu")

@@ -116,8 +116,8 @@ def compare_backends(
     order = ["torch", *[b for b in backends if b != "torch"]]
     reference: np.ndarray | None = None
     rows = []
+    report = on_progress or (lambda _: None)
     for backend in order:
-        report = on_progress or (lambda _: None)
         report(f"{backend}: loading")
         started = time.perf_counter()
         embedder = Embedder(path, backend)

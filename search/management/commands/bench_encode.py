@@ -49,7 +49,7 @@ class Command(BaseCommand):
         except UnknownDomainError as exc:
             raise CommandError(str(exc)) from exc
         dataset: Path | None = options["dataset"]
-        prefix = beir_prefix(dataset) if dataset else "\0"
+        prefix = beir_prefix(dataset) if dataset else "\0"  # no dataset: no relevance keys
         try:
             corpus = bench.load_corpus(domain, prefix, options["limit"])
         except ValueError as exc:
