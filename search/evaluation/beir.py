@@ -61,3 +61,25 @@ def read_qrels(dataset_dir: Path, split: str = "test") -> dict[str, dict[str, in
             if len(row) >= 3:
                 qrels.setdefault(row[0].strip(), {})[row[1].strip()] = int(row[2])
     return qrels
+
+
+def read_split(dataset_dir: Path, split: str) -> tuple[dict[str, str], dict]:
+    """The queries and the qrels of ``split``; DatasetError saying what is missing (and
+    which splits there are) otherwise."""
+    if not dataset_dir.is_dir():
+        raise DatasetError(f"No such dataset directory: {dataset_dir}")
+    for path in (dataset_dir / "queries.jsonl", dataset_dir / "qrels" / f"{split}.tsv"):
+        if not path.is_file():
+            splits = sorted(p.stem for p in (dataset_dir / "qrels").glob("*.tsv"))
+            hint = f" Available splits: {', '.join(splits)}." if splits else ""
+            raise DatasetError(
+                f"Missing {path} (BEIR layout: corpus.jsonl[.gz], queries.jsonl, "
+                f"qrels/<split>.tsv).{hint}"
+            )
+    try:
+        queries, qrels = read_queries(dataset_dir), read_qrels(dataset_dir, split)
+    except (ValueError, KeyError) as exc:  # DatasetError is a ValueError
+        raise DatasetError(f"Cannot read {dataset_dir}: {exc}") from exc
+    if not qrels:
+        raise DatasetError(f"{dataset_dir / 'qrels' / f'{split}.tsv'} has no judgements.")
+    return queries, qrels

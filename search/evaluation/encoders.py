@@ -20,15 +20,15 @@ import numpy as np
 from kms.access import Access, chunk_filter
 from kms.store.models import Chunk, Domain
 from search.evaluation import stats
-from search.evaluation.retrieval import QrelsDict, candidate_count, doc_key, evaluate_run
-from search.ingestion.embedding import Embedder, checked_model_path, passage_text
-from search.retrieval.search import (
-    FusionOptions,
-    SearchError,
-    best_chunk_per_document,
-    fuse,
-    search,
+from search.evaluation.retrieval import (
+    QrelsDict,
+    candidate_count,
+    doc_key,
+    document_ranking,
+    evaluate_run,
 )
+from search.ingestion.embedding import Embedder, checked_model_path, passage_text
+from search.retrieval.search import FusionOptions, best_chunk_per_document, fuse
 
 EVALUATION = Access.everything("encoder benchmark")
 K = 100  # documents ranked per query, as ``evaluate``
@@ -84,20 +84,12 @@ def load_corpus(domain: Domain, source_prefix: str, limit: int | None = None) ->
 def bm25_rankings(queries: Mapping[str, str], domain: Domain, corpus: Corpus,
                   source_prefix: str) -> dict[str, list[tuple[int, float]]]:
     """Each query's BM25 document ranking, as hybrid search fuses it."""
-    candidates = candidate_count(K, None)
-    rankings = {}
-    for qid, text in queries.items():
-        try:
-            response = search(text, domain=domain, access=EVALUATION, mode="bm25",
-                              k=candidates, candidates=candidates, chunks_per_document=1)
-        except SearchError:
-            rankings[qid] = []
-            continue
-        rankings[qid] = [(hit.document_id, hit.score) for hit in response.documents]
-        for hit in response.documents:
-            corpus.keys.setdefault(hit.document_id,
-                                   doc_key(hit.source, hit.document_id, source_prefix))
-    return rankings
+    return {
+        qid: document_ranking(text, domain=domain, mode="bm25",
+                              candidates=candidate_count(K, None),
+                              source_prefix=source_prefix, keys=corpus.keys)
+        for qid, text in queries.items()
+    }
 
 
 def compare_backends(

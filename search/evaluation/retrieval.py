@@ -205,23 +205,15 @@ def tune_fusion(
     """
     grid = grid or fusion_grid()
     n = candidate_count(k, candidates)
-    depth = min(n, 1000)  # search's own limit on k
     qids = [qid for qid in qrels if qid in queries]
     lists: dict[str, dict[str, list[tuple[int, float]]]] = {}
     keys: dict[int, str] = {}
     for qid in qids:
-        lists[qid] = {}
-        for mode in ("bm25", "dense"):
-            try:
-                response = search(queries[qid], domain=domain, access=EVALUATION, mode=mode,
-                                  k=depth, candidates=n, chunks_per_document=1)
-            except SearchError:
-                hits = []
-            else:
-                hits = response.documents
-            lists[qid][mode] = [(hit.document_id, hit.score) for hit in hits]
-            keys.update((hit.document_id, doc_key(hit.source, hit.document_id, source_prefix))
-                        for hit in hits)
+        lists[qid] = {
+            mode: document_ranking(queries[qid], domain=domain, mode=mode, candidates=n,
+                                   source_prefix=source_prefix, keys=keys)
+            for mode in ("bm25", "dense")
+        }
         if on_query is not None:
             on_query(qid)
 
@@ -237,6 +229,23 @@ def tune_fusion(
     baselines = {mode: evaluate_fused(mode, default) for mode in ("bm25", "dense")}
     rows = [TuningRow(options, evaluate_fused("hybrid", options)) for options in grid]
     return TuningResult(rows, baselines, len(qids))
+
+
+def document_ranking(
+    text: str, *, domain, mode: str, candidates: int, source_prefix: str, keys: dict[int, str]
+) -> list[tuple[int, float]]:
+    """One retriever's whole document ranking for a query (every candidate, through
+    ``search``), as hybrid search fuses it; each hit's BEIR key goes into ``keys``. A query
+    ``search`` rejects ranks nothing."""
+    try:
+        response = search(text, domain=domain, access=EVALUATION, mode=mode,
+                          k=min(candidates, 1000), candidates=candidates,  # search's k limit
+                          chunks_per_document=1)
+    except SearchError:
+        return []
+    for hit in response.documents:
+        keys.setdefault(hit.document_id, doc_key(hit.source, hit.document_id, source_prefix))
+    return [(hit.document_id, hit.score) for hit in response.documents]
 
 
 def settings_used(

@@ -231,13 +231,9 @@ def ingest_file(
 
 
 def _sha256(content: bytes | None, path: Path | None) -> str:
-    digest = hashlib.sha256()
     if content is not None:
-        digest.update(content)
-    else:
-        with path.open("rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
+        return hashlib.sha256(content).hexdigest()
+    with path.open("rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 

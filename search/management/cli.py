@@ -1,4 +1,5 @@
-"""What the ingest commands share: checking for workers, waiting with a progress bar, summary."""
+"""What the commands share: access options, domains, checking for workers, waiting with a
+progress bar, the summary."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from django.core.management.base import CommandError, CommandParser, OutputWrapp
 from tqdm import tqdm
 
 from kms.access import Access
-from search.ingestion.documents import IngestResult
+from kms.store.models import Domain
+from search.ingestion.documents import IngestResult, UnknownDomainError, get_domain
 from search.ingestion.embedding import ModelNotFoundError
 from search.ingestion.progress import Progress, failures, process_inline, wait_for_versions
 
@@ -107,3 +109,11 @@ def print_summary(
     for source, reason in failed_reasons:
         out.write(f"  FAILED     {source}: {reason}")
     return len(failed_reasons)
+
+
+def domain_or_error(slug: str) -> Domain:
+    """The domain ``--domain`` names; CommandError listing the staff domains otherwise."""
+    try:
+        return get_domain(slug)
+    except UnknownDomainError as exc:
+        raise CommandError(str(exc)) from exc

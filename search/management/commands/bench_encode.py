@@ -9,13 +9,13 @@ from pathlib import Path
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from kms.store.models import Document
+from kms.access import visible_documents
 from search.evaluation import encoders as bench
-from search.evaluation.beir import DatasetError, read_qrels, read_queries
+from search.evaluation.beir import DatasetError, read_split
 from search.evaluation.retrieval import beir_prefix, timestamp
-from search.ingestion.documents import UnknownDomainError, get_domain
 from search.ingestion.embedding import ModelNotFoundError
 from search.ingestion.encoders import BACKENDS
+from search.management.cli import domain_or_error
 
 
 class Command(BaseCommand):
@@ -44,10 +44,7 @@ class Command(BaseCommand):
         unknown = sorted(set(backends) - set(BACKENDS))
         if unknown or not backends:
             raise CommandError(f"Unknown backends {unknown}; use some of {', '.join(BACKENDS)}.")
-        try:
-            domain = get_domain(options["domain"])
-        except UnknownDomainError as exc:
-            raise CommandError(str(exc)) from exc
+        domain = domain_or_error(options["domain"])
         dataset: Path | None = options["dataset"]
         prefix = beir_prefix(dataset) if dataset else "\0"  # no dataset: no relevance keys
         try:
@@ -57,13 +54,13 @@ class Command(BaseCommand):
         qrels = None
         if dataset:
             try:
-                queries, qrels = read_queries(dataset), read_qrels(dataset, options["split"])
-            except (DatasetError, OSError, ValueError, KeyError) as exc:
-                raise CommandError(f"Cannot read {dataset}: {exc}") from exc
+                queries, qrels = read_split(dataset, options["split"])
+            except DatasetError as exc:
+                raise CommandError(str(exc)) from exc
             queries = {qid: queries[qid] for qid in qrels if qid in queries}
         else:  # titles are short, like the questions people type
-            titles = Document.objects.filter(domain=domain).order_by("pk").values_list(
-                "pk", "title")[:300]
+            titles = visible_documents(bench.EVALUATION).filter(domain=domain).order_by(
+                "pk").values_list("pk", "title")[:300]
             queries = {str(pk): title for pk, title in titles if title.strip()}
         if options["queries"]:
             queries = dict(list(queries.items())[: options["queries"]])

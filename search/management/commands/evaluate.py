@@ -10,8 +10,8 @@ from tqdm import tqdm
 
 from kms.store.models import Document, Domain
 from search.evaluation import retrieval as evaluation
-from search.evaluation.beir import DatasetError, read_qrels, read_queries
-from search.ingestion.documents import UnknownDomainError, get_domain
+from search.evaluation.beir import DatasetError, read_split
+from search.management.cli import domain_or_error
 from search.retrieval import index_store as bm25_store
 from search.retrieval.search import FUSION_METHODS, MODES, FusionOptions, SearchError
 
@@ -43,8 +43,11 @@ class Command(BaseCommand):
     def handle(self, *args, **options) -> None:
         dataset_dir: Path = options["dataset_dir"]
         split: str = options["split"]
-        queries, qrels = _read_dataset(dataset_dir, split)
-        domain = _domain(options["domain"])
+        try:
+            queries, qrels = read_split(dataset_dir, split)
+        except DatasetError as exc:
+            raise CommandError(str(exc)) from exc
+        domain = domain_or_error(options["domain"])
         prefix = evaluation.beir_prefix(dataset_dir)
         documents, unserved = _check_imported(domain, dataset_dir, prefix)
         if unserved:
@@ -187,33 +190,6 @@ class Command(BaseCommand):
                     f"{index.version}) has {len(index)} entries but the domain serves "
                     f"{served[level]}; BM25 and hybrid figures are off until it is rebuilt."
                 )
-
-
-def _read_dataset(dataset_dir: Path, split: str) -> tuple[dict[str, str], dict]:
-    if not dataset_dir.is_dir():
-        raise CommandError(f"No such dataset directory: {dataset_dir}")
-    for path in (dataset_dir / "queries.jsonl", dataset_dir / "qrels" / f"{split}.tsv"):
-        if not path.is_file():
-            splits = sorted(p.stem for p in (dataset_dir / "qrels").glob("*.tsv"))
-            hint = f" Available splits: {', '.join(splits)}." if splits else ""
-            raise CommandError(
-                f"Missing {path} (BEIR layout: corpus.jsonl[.gz], queries.jsonl, "
-                f"qrels/<split>.tsv).{hint}"
-            )
-    try:
-        queries, qrels = read_queries(dataset_dir), read_qrels(dataset_dir, split)
-    except (DatasetError, ValueError, KeyError) as exc:
-        raise CommandError(f"Cannot read {dataset_dir}: {exc}") from exc
-    if not qrels:
-        raise CommandError(f"{dataset_dir / 'qrels' / f'{split}.tsv'} has no judgements.")
-    return queries, qrels
-
-
-def _domain(slug: str) -> Domain:
-    try:
-        return get_domain(slug)
-    except UnknownDomainError as exc:
-        raise CommandError(str(exc)) from exc
 
 
 def _check_imported(domain: Domain, dataset_dir: Path, prefix: str) -> tuple[int, int]:

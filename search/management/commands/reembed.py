@@ -5,8 +5,8 @@ from __future__ import annotations
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from search.ingestion import documents, pipeline
-from search.ingestion.documents import UnknownDomainError, get_domain
 from search.ingestion.embedding import ModelNotFoundError, get_embedder
+from search.management.cli import domain_or_error
 
 
 class Command(BaseCommand):
@@ -22,12 +22,7 @@ class Command(BaseCommand):
         parser.add_argument("--dry-run", action="store_true", help="Only count them.")
 
     def handle(self, *args, **options) -> None:
-        domain_id = None
-        if options["domain"]:
-            try:
-                domain_id = get_domain(options["domain"]).pk
-            except UnknownDomainError as exc:
-                raise CommandError(str(exc)) from exc
+        domain_id = domain_or_error(options["domain"]).pk if options["domain"] else None
         try:
             space = get_embedder().version
         except ModelNotFoundError as exc:
