@@ -8,6 +8,7 @@ restricted documents (not their text, their chunks, nor a chunk search hit).
 from __future__ import annotations
 
 from django.contrib import admin, messages
+from django.contrib.postgres.aggregates import StringAgg
 from django.db.models import Count, OuterRef, QuerySet, Subquery
 from django.db.models.functions import Coalesce
 from django.http import HttpRequest
@@ -15,8 +16,9 @@ from django.template.defaultfilters import pluralize
 from django.utils.html import format_html
 
 from kms import access
-from kms.store.models import Chunk, Document, DocumentVersion, Domain
+from kms.store.models import Chunk, Document, DocumentVersion, Domain, EmbeddingSpace, ModelRun
 from search.ingestion.documents import reembed, reprocess
+from tuning import registry
 
 
 def access_of(request: HttpRequest) -> access.Access:
@@ -32,6 +34,7 @@ class DomainAdmin(admin.ModelAdmin):
                     "document_count"]
     prepopulated_fields = {"slug": ["name"]}
     filter_horizontal = ["member_groups"]
+    readonly_fields = ["embedding_space", "next_space"]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Domain]:
         visible = access_of(request)
@@ -153,23 +156,23 @@ class DocumentVersionAdmin(admin.ModelAdmin):
 class ChunkAdmin(admin.ModelAdmin):
     """Read-only: chunks are derived data; change the document and process it again."""
 
-    list_display = ["__str__", "page", "heading", "token_count", "embedding_model",
-                    "embedding_backend", "has_vector"]
-    list_filter = [("domain", admin.RelatedOnlyFieldListFilter), "embedding_model",
-                   "embedding_backend"]
+    list_display = ["__str__", "page", "heading", "token_count", "spaces"]
+    list_filter = [("domain", admin.RelatedOnlyFieldListFilter),
+                   ("vectors__space", admin.RelatedOnlyFieldListFilter)]
     search_fields = ["text", "document__title"]
     list_select_related = ["version__document"]
-    exclude = ["embedding"]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Chunk]:
-        return access.visible_chunks(access_of(request))
+        return access.visible_chunks(access_of(request)).annotate(
+            space_names=StringAgg("vectors__space__name", ", ", distinct=True)
+        )
 
-    @admin.display(boolean=True, description="Vector")
-    def has_vector(self, obj: Chunk) -> bool:
-        return obj.embedding is not None
+    @admin.display(description="Vectors in")
+    def spaces(self, obj: Chunk) -> str:
+        return obj.space_names or "-"
 
     def get_readonly_fields(self, request: HttpRequest, obj=None) -> list[str]:
-        return [f.name for f in Chunk._meta.fields if f.name != "embedding"]
+        return [f.name for f in Chunk._meta.fields]
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
@@ -187,3 +190,90 @@ class ChunkAdmin(admin.ModelAdmin):
         return super().change_view(
             request, object_id, form_url, {**(extra_context or {}), "show_delete": False}
         )
+
+
+@admin.register(EmbeddingSpace)
+class EmbeddingSpaceAdmin(admin.ModelAdmin):
+    """Read-only: a space is registered by the model that fills it."""
+
+    list_display = ["name", "backend", "dimensions", "model_path", "created_at"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
+
+
+@admin.register(ModelRun)
+class ModelRunAdmin(admin.ModelAdmin):
+    """The model registry: every run with its data, loss curve and gate; promote or roll back."""
+
+    list_display = ["pk", "domain", "kind", "state_badge", "progress", "candidate_ndcg",
+                    "served_ndcg", "training_seconds", "created_at"]
+    list_filter = [("domain", admin.RelatedOnlyFieldListFilter), "kind", "state"]
+    actions = ["promote_runs", "roll_back_runs"]
+    list_select_related = ["domain"]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[ModelRun]:
+        return ModelRun.objects.filter(
+            domain__in=access.visible_domains(access_of(request))).select_related("domain")
+
+    def get_readonly_fields(self, request: HttpRequest, obj=None) -> list[str]:
+        return [f.name for f in ModelRun._meta.fields]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # runs are started by manage.py finetune or the schedule
+
+    @admin.display(description="State", ordering="state")
+    def state_badge(self, obj: ModelRun):
+        colour = {"promoted": "green", "failed": "#ba2121", "rejected": "#a60"}.get(
+            obj.state, "#666")
+        return format_html('<b style="color:{}" title="{}">{}</b>', colour, obj.message,
+                           obj.get_state_display())
+
+    @admin.display(description="Steps")
+    def progress(self, obj: ModelRun) -> str:
+        return f"{obj.progress_step}/{obj.progress_total}" if obj.progress_total else "-"
+
+    @admin.display(description="nDCG@10 (new)")
+    def candidate_ndcg(self, obj: ModelRun):
+        return (obj.metrics.get("candidate") or {}).get("ndcg@10", "-")
+
+    @admin.display(description="nDCG@10 (served)")
+    def served_ndcg(self, obj: ModelRun):
+        return (obj.metrics.get("served") or {}).get("ndcg@10", "-")
+
+    @admin.display(description="Training s")
+    def training_seconds(self, obj: ModelRun):
+        return obj.data_counts.get("training_seconds", "-")
+
+    @admin.action(description="Promote (serve) the selected run")
+    def promote_runs(self, request: HttpRequest, queryset: QuerySet[ModelRun]) -> None:
+        if queryset.count() != 1:
+            self.message_user(request, "Select exactly one run to promote.", messages.ERROR)
+            return
+        run = queryset.get()
+        try:
+            registry.promote(run)
+        except registry.RegistryError as exc:
+            self.message_user(request, str(exc), messages.ERROR)
+            return
+        self.log_change(request, run, "Promoted.")
+        self.message_user(request, f"Run {run.pk} is served for {run.domain}.", messages.SUCCESS)
+
+    @admin.action(description="Roll back: serve what was served before the selected run")
+    def roll_back_runs(self, request: HttpRequest, queryset: QuerySet[ModelRun]) -> None:
+        for run in queryset.filter(state=ModelRun.State.PROMOTED):
+            try:
+                previous = registry.roll_back(run.domain, run.kind)
+            except registry.RegistryError as exc:
+                self.message_user(request, str(exc), messages.ERROR)
+                continue
+            self.log_change(request, run, "Rolled back.")
+            served = f"run {previous.pk}" if previous else "the base model"
+            self.message_user(request, f"{run.domain} {run.kind}: {served} is served again.",
+                              messages.SUCCESS)

@@ -220,9 +220,13 @@ CELERY_BEAT_SCHEDULE = {
         "task": "search.ingestion.tasks.requeue_stalled",
         "schedule": env_int("KMS_REQUEUE_EVERY_SECONDS", 300),
     },
-    "reembed-other-embedding-spaces": {
-        "task": "search.ingestion.tasks.reembed_other_spaces",
+    "fill-embedding-spaces": {
+        "task": "search.ingestion.tasks.fill_embedding_spaces",
         "schedule": env_int("KMS_REEMBED_CHECK_EVERY_SECONDS", 300),
+    },
+    "tune-due-domains": {
+        "task": "tuning.tasks.tune_due_domains",
+        "schedule": env_int("KMS_TUNING_CHECK_EVERY_SECONDS", 3600),
     },
     "refresh-stale-bm25-indexes": {
         "task": "search.retrieval.tasks.refresh_stale_bm25",
@@ -244,7 +248,6 @@ KMS_ENCODER_CACHE_DIR = Path(
 # A backend whose vectors are within this cosine of torch's shares torch's embedding space;
 # beyond it (int8) its vectors are a space of their own, and switching means re-embedding.
 KMS_EMBEDDING_SPACE_TOLERANCE = env_float("KMS_EMBEDDING_SPACE_TOLERANCE", 0.001)
-KMS_REEMBED_BATCH = env_int("KMS_REEMBED_BATCH", 200)  # versions per periodic re-embedding
 KMS_EMBED_BATCH_SIZE = env_int("KMS_EMBED_BATCH_SIZE", 32)  # texts per forward pass
 KMS_EMBED_CLAIM_SIZE = env_int("KMS_EMBED_CLAIM_SIZE", 256)  # chunks claimed per transaction
 KMS_CHUNK_TOKENS = env_int("KMS_CHUNK_TOKENS", 200)
@@ -275,6 +278,23 @@ KMS_RRF_K = env_int("KMS_RRF_K", 60)
 KMS_FUSION_BM25_WEIGHT = env_float("KMS_FUSION_BM25_WEIGHT", 0.5)
 KMS_CANDIDATES = env_int("KMS_CANDIDATES", 100)
 KMS_MAX_QUERY_CHARS = env_int("KMS_MAX_QUERY_CHARS", 2000)
+# A domain's promoted reranker rescores this many fused documents; its score weighs this
+# much against the fused one (per domain: options {"reranking": {"depth", "weight"}}).
+KMS_RERANK_DEPTH = env_int("KMS_RERANK_DEPTH", 20)
+KMS_RERANK_WEIGHT = env_float("KMS_RERANK_WEIGHT", 0.7)
+
+# Domain fine-tuning (tuning/): model files, the held-out share, the gate.
+KMS_MODELS_DIR = Path(os.environ.get("KMS_MODELS_DIR") or DATA_DIR / "models").resolve()
+KMS_TUNING_HELD_OUT = env_float("KMS_TUNING_HELD_OUT", 0.2)  # of the queries, never trained on
+KMS_TUNING_SYNTHETIC_LIMIT = env_int("KMS_TUNING_SYNTHETIC_LIMIT", 6000)  # pairs per cycle
+KMS_TUNING_MINE_LIMIT = env_int("KMS_TUNING_MINE_LIMIT", 1000)  # label-free: pairs mined
+# A new model must beat the served one's nDCG@10 on the held-out queries by this much.
+KMS_TUNING_GATE_MARGIN = env_float("KMS_TUNING_GATE_MARGIN", 0.005)
+KMS_TUNING_GATE_DOCUMENTS = env_int("KMS_TUNING_GATE_DOCUMENTS", 3000)  # embedder gate corpus
+# A run's worker beats at every logged step; a redelivered run quiet this long lost its
+# worker and fails at once; beat fails any run quiet for KMS_TUNING_LOST_AFTER_SECONDS.
+KMS_TUNING_HEARTBEAT_SECONDS = env_int("KMS_TUNING_HEARTBEAT_SECONDS", 300)
+KMS_TUNING_LOST_AFTER_SECONDS = env_int("KMS_TUNING_LOST_AFTER_SECONDS", 1800)
 
 # Answers (search/answers.py). The default generator needs no language model and no network;
 # KMS_GENERATOR=local runs SmolLM2 (or KMS_GENERATOR_MODEL) in-process, =openai an endpoint.

@@ -20,7 +20,12 @@ def service_commands(host: str, port: int, concurrency: int) -> dict[str, list[s
     data_dir: Path = settings.DATA_DIR
     return {
         "worker": [python, "-m", "celery", "-A", "kms", "worker", "--loglevel=INFO",
-                   f"--concurrency={concurrency}", "--hostname=kms-worker@%h"],
+                   f"--concurrency={concurrency}", "--hostname=kms-worker@%h",
+                   f"--queues={settings.CELERY_TASK_DEFAULT_QUEUE}"],
+        # training and re-embedding, one at a time, beside ingestion
+        "trainer": [python, "-m", "celery", "-A", "kms", "worker", "--loglevel=INFO",
+                    "--concurrency=1", "--hostname=kms-trainer@%h",
+                    f"--queues={settings.CELERY_TASK_DEFAULT_QUEUE}.models"],
         "beat": [python, "-m", "celery", "-A", "kms", "beat", "--loglevel=INFO",
                  f"--schedule={data_dir / 'celerybeat-schedule'}"],
         "web": [python, "-m", "gunicorn", "kms.wsgi:application", f"--bind={host}:{port}",

@@ -94,7 +94,8 @@ class WorkerProcess:
         with self.log.open("ab") as fh:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "celery", "-A", "kms", "worker", "--loglevel=INFO",
-                 f"--concurrency={concurrency}", f"--queues={self.queue}",
+                 f"--concurrency={concurrency}",
+                 f"--queues={self.queue},{self.queue}.models",
                  f"--hostname={hostname}", "--without-mingle", "--without-gossip"],
                 cwd=ROOT, env=self.env, stdout=fh, stderr=subprocess.STDOUT,
                 start_new_session=True,
@@ -141,6 +142,7 @@ def worker_factory(transactional_db, tmp_path: Path) -> Iterator:
             "KMS_CELERY_QUEUE": queue,
             "KMS_MEDIA_ROOT": str(settings.MEDIA_ROOT),
             "KMS_INDEX_DIR": str(settings.KMS_INDEX_DIR),
+            "KMS_MODELS_DIR": str(settings.KMS_MODELS_DIR),
             "KMS_ENCODER_THREADS": "1",
             "DJANGO_SETTINGS_MODULE": "kms.settings",
             **extra_env,

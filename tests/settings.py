@@ -20,6 +20,7 @@ TEST_REDIS_DB = int(os.environ.get("KMS_TEST_REDIS_DB", "15"))
 os.environ.setdefault("KMS_DATA_DIR", str(ROOT / ".kms-test-data"))
 os.environ.setdefault("KMS_MEDIA_ROOT", str(RUN_DIR / "media"))
 os.environ.setdefault("KMS_INDEX_DIR", str(RUN_DIR / "indexes"))
+os.environ.setdefault("KMS_MODELS_DIR", str(RUN_DIR / "models"))
 os.environ.setdefault("KMS_EMBEDDED", "1")
 os.environ.setdefault("DJANGO_HTTPS", "false")
 if os.environ.get("REDIS_URL", "").startswith(("redis://", "rediss://")):

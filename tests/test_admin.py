@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 from django.contrib.admin.models import LogEntry
 from django.test import Client
 
-from kms.store.models import Chunk, Document, DocumentVersion, Domain, Status
+from kms.store.models import Chunk, Document, DocumentVersion, Domain, ModelRun, Status
 from search.ingestion import pipeline
 from search.ingestion.documents import add_document
 from search.ingestion.pipeline import embed_pending
@@ -83,7 +85,7 @@ def step_until_served(version: DocumentVersion, steps: list[str]) -> int:
     pipeline.chunk_versions(pipeline.parse_versions([version.pk]))
     assert found_by_bm25_and_dense(version), "after parse and chunk"
     searches = 1
-    while Chunk.objects.filter(version=version, embedding__isnull=True).exists():
+    while Chunk.objects.filter(version=version, vectors__isnull=True).exists():
         embed_pending(claim_size=1, time_budget=0)  # one chunk per call
         steps.append(DocumentVersion.objects.get(pk=version.pk).status)
         assert found_by_bm25_and_dense(version), f"after {len(steps)} embedding steps"
@@ -131,11 +133,44 @@ def test_reembed_keeps_the_document_found_and_reports(
     assert f"Queued {count} {noun} of 1 document for re-embedding".encode() in response.content
     assert found_by_bm25_and_dense(ready)
     steps: list[str] = []
-    while Chunk.objects.filter(version=ready, embedding__isnull=True).exists():
+    while Chunk.objects.filter(version=ready, vectors__isnull=True).exists():
         embed_pending(claim_size=1, time_budget=0)
         steps.append(DocumentVersion.objects.get(pk=ready.pk).status)
         assert found_by_bm25_and_dense(ready), f"after {len(steps)} embedding steps"
     assert len(steps) == count > 1 and steps[-1] == Status.READY
     ready.refresh_from_db()
     assert ready.chunks.count() == count
-    assert not ready.chunks.filter(embedding__isnull=True).exists()
+    assert not ready.chunks.filter(vectors__isnull=True).exists()
+
+
+def test_model_runs_are_listed_promoted_and_rolled_back(staff: Client, domain: Domain,
+                                                        tmp_path) -> None:
+    runs = []
+    for n in range(2):
+        (tmp_path / f"r{n}").mkdir()
+        (tmp_path / f"r{n}" / "config.json").write_text("{}")
+        runs.append(ModelRun.objects.create(
+            domain=domain, kind="reranker", state="rejected", base_model="base",
+            model_dir=str(tmp_path / f"r{n}"), data_counts={"training_seconds": 12.5},
+            metrics={"candidate": {"ndcg@10": 0.71}, "served": {"ndcg@10": 0.70}}))
+    page = staff.get("/admin/store/modelrun/")
+    assert page.status_code == 200 and b"0.71" in page.content and b"12.5" in page.content
+
+    def act(action: str, run: ModelRun):
+        return staff.post("/admin/store/modelrun/", {"action": action,
+                                                      "_selected_action": [run.pk]}, follow=True)
+
+    act("promote_runs", runs[0])
+    act("promote_runs", runs[1])
+    states = lambda: [ModelRun.objects.get(pk=r.pk).state for r in runs]  # noqa: E731
+    assert states() == ["retired", "promoted"]
+    response = act("roll_back_runs", runs[1])
+    assert f"run {runs[0].pk} is served again" in response.content.decode()
+    assert states() == ["promoted", "retired"]
+    act("roll_back_runs", runs[0])
+    assert states() == ["retired", "retired"]
+    shutil.rmtree(tmp_path / "r1")
+    response = act("promote_runs", runs[1])
+    assert "are missing from" in response.content.decode()
+    assert states() == ["retired", "retired"]
+    assert LogEntry.objects.filter(object_id=str(runs[0].pk)).count() == 2  # promoted, rolled back

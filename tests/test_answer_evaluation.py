@@ -22,7 +22,7 @@ from search.evaluation.answers import (
     rouge_l,
     token_f1,
 )
-from search.evaluation.beir import DatasetError
+from search.ingestion.beir import DatasetError
 
 ROWS = [
     {

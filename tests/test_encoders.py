@@ -16,8 +16,7 @@ import numpy as np
 import pytest
 from django.core.management import call_command
 
-from kms.store.models import Chunk, Domain
-from search.ingestion import pipeline
+from kms.store.models import Chunk, ChunkVector, Domain
 from search.ingestion.embedding import Embedder, checked_model_path, get_embedder
 from search.ingestion.encoders.onnx_export import PROBE_TEXTS, export_directory, model_checksum
 from search.retrieval import index_store
@@ -136,8 +135,8 @@ def test_an_unknown_backend_is_refused(settings) -> None:
 
 
 @pytest.mark.django_db
-def test_dense_search_compares_only_vectors_of_the_query_space(domain: Domain,
-                                                               capsys) -> None:
+def test_a_backend_change_fills_a_new_space_beside_the_served_one(domain: Domain, settings,
+                                                                  capsys) -> None:
     version = ingest(domain, "sepsis.md", GUIDE.encode())
     for n, text in enumerate(["Invoices are paid within thirty days.",
                               "Fire doors stay closed at all times."]):
@@ -150,20 +149,25 @@ def test_dense_search_compares_only_vectors_of_the_query_space(domain: Domain,
         return sum(hit.document_id == version.document_id for hit in hits)
 
     assert dense_hits() == 1
-    space = get_embedder().version
-    assert pipeline.versions_in_other_spaces(space) == []
-    Chunk.objects.filter(version=version).update(embedding_model="another-model@0123456789ab")
-    assert dense_hits() == 0  # another model's vectors are never compared with this query
-    assert search(query, domain=domain, access=OPERATOR, mode="bm25").documents
-    assert pipeline.versions_in_other_spaces(space) == [version.pk]
-
+    domain.refresh_from_db()
+    served = domain.embedding_space
+    settings.KMS_EMBEDDING_BACKEND = "torch" if served.backend != "torch" else "onnx-int8"
     call_command("reembed", "--dry-run")
-    assert "1 served versions have vectors of another space" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    domain.refresh_from_db()
+    target = domain.next_space
+    assert target is not None and target != served and target.backend != served.backend
+    assert f"{target.name} {Chunk.objects.filter(domain=domain, is_current=True).count()}" in out
+    assert domain.embedding_space == served and dense_hits() == 1  # still the old vectors
+
     call_command("reembed", "--domain", domain.slug)
-    assert "for re-embedding into" in capsys.readouterr().out
-    assert dense_hits() == 0  # the old set is served (BM25 finds it) until the new is done
-    assert search(query, domain=domain, access=OPERATOR, mode="bm25").documents
-    pipeline.embed_pending()
+    assert f"now serves {target.name}" in capsys.readouterr().out
+    domain.refresh_from_db()
+    assert domain.embedding_space == target and domain.next_space is None
     assert dense_hits() == 1
-    assert set(Chunk.objects.filter(version=version, is_current=True)
-               .values_list("embedding_model", flat=True)) == {space}
+    for chunk in Chunk.objects.filter(domain=domain, is_current=True):
+        assert set(chunk.vectors.values_list("space", flat=True)) == {served.pk, target.pk}
+
+    ChunkVector.objects.filter(chunk__version=version, space=target).delete()
+    assert dense_hits() == 0  # its other space's vectors are never compared with this query
+    assert search(query, domain=domain, access=OPERATOR, mode="bm25").documents

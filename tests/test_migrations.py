@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from django.db import connection
 from django.db.migrations.executor import MigrationExecutor
 
 from kms.access import Access, visible_documents
-from kms.store.models import Chunk, Document, DocumentVersion
+from kms.store import models
+from kms.store.models import Chunk, ChunkVector, Document, DocumentVersion
 from search.ingestion import pipeline
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -77,4 +79,40 @@ def test_accounts_and_served_chunks_survive_the_migrations(django_user_model) ->
     old = migrate(BEFORE)
     assert list(old.get_model("store", "Chunk").objects.filter(version_id=ready.pk)
                 .values_list("pk", flat=True)) == [served["open.md"]]
+    migrate(latest())
+
+
+def test_vectors_move_into_embedding_spaces_and_back() -> None:
+    old = migrate([("store", "0006_chunk_embedding_backend")])
+    Domain, Document_, Version, ChunkSet_, Chunk_ = (old.get_model("store", name) for name in (
+        "Domain", "Document", "DocumentVersion", "ChunkSet", "Chunk"))
+    healthcare = Domain.objects.get_or_create(slug="healthcare", defaults={"name": "Healthcare"})[0]
+    document = Document_.objects.create(domain=healthcare, title="t", source="t.md",
+                                        status="ready")
+    version = Version.objects.create(document=document, number=1, filename="t.md",
+                                     content_hash="t", size_bytes=1, status="ready")
+    chunk_set = ChunkSet_.objects.create(version=version, state="active")
+    vector = np.random.default_rng(0).normal(size=384).astype(np.float32)
+    vector /= np.linalg.norm(vector)
+    chunk = Chunk_.objects.create(
+        document=document, version=version, chunk_set=chunk_set, domain=healthcare,
+        is_current=True, ordinal=0, text="Some text.", start_offset=0, end_offset=10,
+        token_count=3, embedding=vector, embedding_model="model@0123456789ab+onnx-int8",
+        embedding_backend="onnx-int8")
+
+    migrate(latest())
+    (moved,) = ChunkVector.objects.filter(chunk_id=chunk.pk).select_related("space")
+    assert moved.space.name == "model@0123456789ab+onnx-int8"
+    assert moved.space.backend == "onnx-int8" and moved.space.dimensions == 384
+    np.testing.assert_allclose(np.asarray(moved.embedding), vector, atol=1e-6)
+    assert models.Domain.objects.get(pk=healthcare.pk).embedding_space_id == moved.space_id
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT indexdef FROM pg_indexes WHERE indexname = %s",
+                       [moved.space.index_name])
+        assert f"WHERE (space_id = {moved.space_id})" in cursor.fetchone()[0]
+
+    back = migrate([("store", "0006_chunk_embedding_backend")])
+    restored = back.get_model("store", "Chunk").objects.get(pk=chunk.pk)
+    assert restored.embedding_model == "model@0123456789ab+onnx-int8"
+    np.testing.assert_allclose(np.asarray(restored.embedding), vector, atol=1e-6)
     migrate(latest())

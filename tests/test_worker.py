@@ -88,14 +88,14 @@ def test_worker_killed_mid_document_is_rerun_to_exactly_one_set_of_chunks(
                               content=long_document())
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:  # wait until some, not all, chunks have vectors
-        embedded = Chunk.objects.filter(version_id=result.version_id, embedding__isnull=False)
+        embedded = Chunk.objects.filter(version_id=result.version_id, vectors__isnull=False)
         if embedded.exists():
             break
         time.sleep(0.05)
     crashing.kill()
     version = DocumentVersion.objects.get(pk=result.version_id)
     assert version.status == Status.PROCESSING
-    assert Chunk.objects.filter(version_id=version.pk, embedding__isnull=True).exists()
+    assert Chunk.objects.filter(version_id=version.pk, vectors__isnull=True).exists()
 
     worker_factory(KMS_TASK_VISIBILITY_SECONDS="5").start()
     wait_for_versions([version.pk], timeout=180)
@@ -103,7 +103,7 @@ def test_worker_killed_mid_document_is_rerun_to_exactly_one_set_of_chunks(
     assert version.status == Status.READY, version.status_message
     ordinals = sorted(version.chunks.values_list("ordinal", flat=True))
     assert ordinals == list(range(len(ordinals)))
-    assert not version.chunks.filter(embedding__isnull=True).exists()
+    assert not version.chunks.filter(vectors__isnull=True).exists()
 
 
 def test_beat_jobs_requeue_lost_versions_and_rebuild_stale_indexes(

@@ -7,6 +7,10 @@ set), so a failed re-upload never takes away what was already searchable. A vers
 come in sets: a new set (after "process again" or a new embedding model) is built beside the
 served one and made active in one transaction (blue/green), so reprocessing never takes a
 document out of search. Who may see what is decided in ``kms.access``.
+
+Vectors live beside the chunks, one row per chunk and *embedding space* (a model's weights
+run by one backend, with its own dimension and HNSW index), so a domain can fill a new
+space while search serves the old one, and roll back without re-embedding.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from django.conf import settings
 from django.contrib.auth.models import Group
 from django.db import models
 from django.utils import timezone
-from pgvector.django import HnswIndex, VectorField
+from pgvector.django import VectorField
 
 
 class Domain(models.Model):
@@ -46,6 +50,15 @@ class Domain(models.Model):
         max_length=20, choices=Purpose.choices, default=Purpose.DOCUMENTS,
         help_text="Evaluation domains belong to the command that made them, which may empty "
         "them; staff documents never go into one.",
+    )
+    embedding_space = models.ForeignKey(
+        "EmbeddingSpace", null=True, blank=True, on_delete=models.PROTECT, related_name="+",
+        help_text="The space dense search serves; empty until the domain's first vectors.",
+    )
+    next_space = models.ForeignKey(
+        "EmbeddingSpace", null=True, blank=True, on_delete=models.PROTECT, related_name="+",
+        help_text="The space being filled beside the served one (blue/green re-embedding); "
+                  "search switches to it when every served chunk has its vector.",
     )
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -218,17 +231,6 @@ class Chunk(models.Model):
     page_end = models.PositiveIntegerField(null=True, blank=True)
     heading = models.CharField(max_length=1000, blank=True)
     token_count = models.PositiveIntegerField()
-    embedding = VectorField(dimensions=settings.KMS_EMBEDDING_DIM, null=True, blank=True)
-    embedding_model = models.CharField(
-        max_length=200, blank=True,
-        help_text="The embedding space of the vector (model@weights, +backend if it differs "
-                  "from torch's); dense search compares only vectors of the query's space.",
-    )
-    embedding_backend = models.CharField(
-        max_length=20, blank=True, help_text="torch, onnx or onnx-int8: what computed it."
-    )
-    embedded_at = models.DateTimeField(null=True, blank=True)
-
     class Meta:
         ordering = ["version", "ordinal"]
         constraints = [
@@ -237,17 +239,6 @@ class Chunk(models.Model):
             )
         ]
         indexes = [
-            HnswIndex(
-                name="chunk_embedding_hnsw",
-                fields=["embedding"],
-                m=16,
-                ef_construction=64,
-                opclasses=["vector_cosine_ops"],
-            ),
-            models.Index(
-                fields=["id"], name="chunk_pending_embedding",
-                condition=models.Q(embedding__isnull=True),
-            ),
             models.Index(
                 fields=["domain", "document"], name="chunk_current_by_domain",
                 condition=models.Q(is_current=True),
@@ -256,3 +247,114 @@ class Chunk(models.Model):
 
     def __str__(self) -> str:
         return f"{self.version} #{self.ordinal}"
+
+
+class EmbeddingSpace(models.Model):
+    """Vectors of one model run by one backend: only vectors of one space are comparable.
+
+    ``name`` is the embedder's version (``model@sha12[+backend]``), so a changed model file
+    or a quantisation that moves vectors is a new space. Each space has its own partial HNSW
+    index on ``ChunkVector`` (built by ``search.ingestion.spaces.ensure_index``).
+    """
+
+    name = models.CharField(max_length=200, unique=True)
+    model_path = models.CharField(max_length=1000)
+    backend = models.CharField(max_length=20)
+    dimensions = models.PositiveIntegerField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["pk"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def index_name(self) -> str:
+        return f"chunkvector_hnsw_space_{self.pk}"
+
+
+class ChunkVector(models.Model):
+    """A chunk's vector in one embedding space (the column has no fixed dimension; the
+    space's index casts it to its own)."""
+
+    chunk = models.ForeignKey(Chunk, on_delete=models.CASCADE, related_name="vectors")
+    space = models.ForeignKey(EmbeddingSpace, on_delete=models.PROTECT, related_name="vectors")
+    embedding = VectorField()
+    embedded_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["space", "chunk"], name="chunkvector_one_per_space")
+        ]
+        indexes = [models.Index(fields=["chunk"], name="chunkvector_by_chunk")]
+
+    def __str__(self) -> str:
+        return f"{self.chunk} in {self.space}"
+
+
+class ModelRun(models.Model):
+    """The model registry: one training run of a domain model, its files, data and numbers.
+
+    A run is trained, judged by the gate on the domain's held-out pairs, and then either
+    promoted (served) or kept as rejected with its numbers. At most one run per domain and
+    kind trains at a time and at most one is promoted; roll back restores the run promoted
+    before it (or the base model).
+    """
+
+    class Kind(models.TextChoices):
+        EMBEDDER = "embedder", "Embedding model"
+        RERANKER = "reranker", "Reranker"
+
+    class State(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        TRAINING = "training", "Training"
+        REJECTED = "rejected", "Rejected by the gate"
+        PROMOTED = "promoted", "Promoted (served)"
+        RETIRED = "retired", "Retired (replaced or rolled back)"
+        FAILED = "failed", "Failed"
+
+    domain = models.ForeignKey(Domain, on_delete=models.CASCADE, related_name="model_runs")
+    kind = models.CharField(max_length=20, choices=Kind.choices)
+    state = models.CharField(
+        max_length=20, choices=State.choices, default=State.QUEUED, db_index=True
+    )
+    base_model = models.CharField(max_length=1000, help_text="What training started from.")
+    model_dir = models.CharField(max_length=1000, blank=True)
+    space = models.ForeignKey(
+        EmbeddingSpace, null=True, blank=True, on_delete=models.PROTECT, related_name="runs",
+        help_text="Embedder runs: the space of the trained model's vectors.",
+    )
+    params = models.JSONField(default=dict, blank=True, help_text="Training parameters.")
+    data_options = models.JSONField(
+        default=dict, blank=True, help_text="Where its pairs come from (dataset, synthetic).")
+    data_counts = models.JSONField(default=dict, blank=True)
+    loss_curve = models.JSONField(default=list, blank=True)
+    metrics = models.JSONField(
+        default=dict, blank=True, help_text="The gate: candidate and served scores on the "
+        "held-out pairs, the margin and the decision.",
+    )
+    progress_step = models.PositiveIntegerField(default=0)
+    progress_total = models.PositiveIntegerField(default=0)
+    message = models.TextField(blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    promoted_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["domain", "kind"], condition=models.Q(state__in=["queued", "training"]),
+                name="modelrun_one_training_per_domain",
+            ),
+            models.UniqueConstraint(
+                fields=["domain", "kind"], condition=models.Q(state="promoted"),
+                name="modelrun_one_promoted_per_domain",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.domain} {self.kind} run {self.pk} ({self.state})"

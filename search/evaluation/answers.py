@@ -46,7 +46,7 @@ from search.answering.verification import (
     strip_citations,
 )
 from search.evaluation import stats
-from search.evaluation.beir import DatasetError
+from search.ingestion.beir import DatasetError
 from search.ingestion.documents import add_document
 from search.retrieval import index_store as bm25_store
 

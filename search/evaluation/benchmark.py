@@ -25,13 +25,23 @@ from pathlib import Path
 import numpy as np
 from django.conf import settings
 from django.db import connection, transaction
+from django.db.models import F
 from django.utils import timezone
 from tqdm import tqdm
 
 from kms.access import Access
-from kms.store.models import Chunk, ChunkSet, Document, DocumentVersion, Domain, Status
+from kms.store.models import (
+    Chunk,
+    ChunkSet,
+    Document,
+    DocumentVersion,
+    Domain,
+    EmbeddingSpace,
+    Status,
+)
 from search.evaluation import domains, stats
 from search.evaluation.bm25_comparison import RankBM25Comparison, compare_rank_bm25
+from search.ingestion import spaces
 from search.ingestion.sentences import split_sentences
 from search.retrieval import index_store as bm25_store
 from search.retrieval.bm25 import BM25Index
@@ -160,7 +170,9 @@ def grow_domain(
     source = Domain.objects.filter(slug=source_domain).first()
     if source is None:
         raise BenchmarkError(f"Unknown source domain {source_domain!r}.")
-    documents = _load_source(source)
+    space = spaces.served_space(source)
+    Domain.objects.filter(pk=target.pk).update(embedding_space=space, next_space=None)
+    documents = _load_source(source, space)
     if not documents:
         raise BenchmarkError(f"The source domain {source_domain!r} has no embedded chunks.")
     taken = set(Document.objects.filter(domain=target).values_list("source", flat=True))
@@ -176,7 +188,7 @@ def grow_domain(
             batch.append((replica, document, take))
             batch_size += take
             if batch_size >= batch_chunks or added_chunks + batch_size >= need:
-                _insert(target, batch, rng, noise)
+                _insert(target, space, batch, rng, noise)
                 added_chunks += batch_size
                 added_documents += len(batch)
                 bar.update(batch_size)
@@ -204,17 +216,17 @@ def _replica_source(replica: int, document: _SourceDocument) -> str:
     return f"{SOURCE_PREFIX}{replica}:{document.pk}"
 
 
-def _load_source(source: Domain) -> list[_SourceDocument]:
-    """The served, embedded chunks of ``source``, grouped by document, in a stable order."""
+def _load_source(source: Domain, space: EmbeddingSpace) -> list[_SourceDocument]:
+    """The served chunks of ``source`` with a vector in ``space``, grouped by document, in
+    a stable order."""
     rows = (
         bm25_store.searchable_chunks(source)
-        .filter(embedding__isnull=False)
+        .filter(vectors__space=space)
         .order_by("document_id", "ordinal")
         .values(
             "document_id", "version_id", "document__title", "document__media_type",
             "document__content_hash", "ordinal", "text", "start_offset", "end_offset", "page",
-            "page_end", "heading", "token_count", "embedding", "embedding_model",
-            "embedding_backend",
+            "page_end", "heading", "token_count", embedding=F("vectors__embedding"),
         )
         .iterator(chunk_size=2000)
     )
@@ -250,7 +262,7 @@ def _close(documents: list[_SourceDocument], vectors: list[np.ndarray]) -> None:
 
 
 def _insert(
-    target: Domain, batch: Sequence[tuple[int, _SourceDocument, int]],
+    target: Domain, space: EmbeddingSpace, batch: Sequence[tuple[int, _SourceDocument, int]],
     rng: np.random.Generator, noise: float,
 ) -> None:
     """One transaction: documents, their ready versions, current_version, then the chunks."""
@@ -284,7 +296,7 @@ def _insert(
             version.active_chunks = chunk_set
         Document.objects.bulk_update(documents, ["current_version"])
         DocumentVersion.objects.bulk_update(versions, ["active_chunks"])
-        chunks = []
+        chunks, vectors = [], []
         for document, version, chunk_set, (_, source, take) in zip(
             documents, versions, sets, batch, strict=True
         ):
@@ -296,11 +308,11 @@ def _insert(
                     ordinal=row["ordinal"],
                     text=row["text"], start_offset=row["start_offset"],
                     end_offset=row["end_offset"], page=row["page"], page_end=row["page_end"],
-                    heading=row["heading"], token_count=row["token_count"], embedding=vector,
-                    embedding_model=row["embedding_model"],
-                    embedding_backend=row["embedding_backend"], embedded_at=now,
+                    heading=row["heading"], token_count=row["token_count"],
                 ))
+                vectors.append(vector)
         Chunk.objects.bulk_create(chunks, batch_size=500)
+        spaces.write_vectors(space, chunks, vectors)
 
 
 def _jitter(vectors: np.ndarray, rng: np.random.Generator, noise: float) -> np.ndarray:

@@ -20,9 +20,12 @@ import numpy as np
 from django.conf import settings
 
 from kms.access import Access
+from kms.store.models import Domain
 from search.evaluation import stats
-from search.ingestion.embedding import get_embedder
+from search.ingestion import spaces
+from search.ingestion.beir import beir_prefix
 from search.retrieval import index_store as bm25_store
+from search.retrieval.reranking import Reranker
 from search.retrieval.search import FusionOptions, SearchError, fuse, search
 
 METRICS = ("ndcg@10", "recall@100", "mrr@10", "map@100")
@@ -40,11 +43,6 @@ EVALUATION = Access.everything("retrieval evaluation")
 RunDict = dict[str, dict[str, float]]
 QrelsDict = Mapping[str, Mapping[str, int]]
 OnQuery = Callable[[str], None]
-
-
-def beir_prefix(dataset_dir: Path) -> str:
-    """The source prefix ``import_beir`` gives the documents of this dataset."""
-    return f"beir:{Path(dataset_dir).resolve().name}:"
 
 
 def candidate_count(k: int, candidates: int | None) -> int:
@@ -94,24 +92,26 @@ def run_queries(
     candidates: int | None = None,
     source_prefix: str,
     on_query: OnQuery | None = None,
+    rerank: bool | Reranker = False,
 ) -> QueryRun:
     """Search every query as a user would (unrestricted access) and record the ranking.
 
     One untimed warm-up query first, so loading the model and the index is not charged to
     the first query's latency. A query ``search`` rejects gets an empty ranking (scored as 0)
-    and its message in ``errors``.
+    and its message in ``errors``. ``rerank``: True for the domain's promoted reranker, or
+    a ``Reranker`` (another depth).
     """
     n = candidate_count(k, candidates)
     result = QueryRun(mode, {})
     for text in list(queries.values())[:1]:
         with contextlib.suppress(SearchError):  # reported with the query below
             search(text, domain=domain, access=EVALUATION, mode=mode, k=k, fusion=fusion,
-                   candidates=n)
+                   candidates=n, rerank=rerank)
     for qid, text in queries.items():
         started = time.perf_counter()
         try:
             response = search(text, domain=domain, access=EVALUATION, mode=mode, k=k,
-                              fusion=fusion, candidates=n)
+                              fusion=fusion, candidates=n, rerank=rerank)
         except SearchError as exc:
             result.run[qid] = {}
             result.errors[qid] = str(exc)
@@ -255,6 +255,7 @@ def settings_used(
     chunks = bm25_store.current_index(domain, "chunks")
     documents = bm25_store.current_index(domain, "documents")
     params = (documents or chunks).params if (documents or chunks) else bm25_store.params()
+    space = spaces.served_space(Domain.objects.get(slug=domain))
     return {
         "fusion": asdict(fusion),
         "k": k,
@@ -264,8 +265,8 @@ def settings_used(
             "chunk_index": _index_info(chunks), "document_index": _index_info(documents),
         },
         "hnsw_ef_search": settings.KMS_HNSW_EF_SEARCH,
-        "embedding_model": get_embedder().version,
-        "embedding_backend": get_embedder().backend_used,
+        "embedding_model": space.name,
+        "embedding_backend": space.backend,
         "chunk_tokens": settings.KMS_CHUNK_TOKENS,
         "chunk_overlap": settings.KMS_CHUNK_OVERLAP,
     }

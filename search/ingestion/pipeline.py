@@ -30,10 +30,10 @@ from django.db import DatabaseError, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from kms.store.models import Chunk, ChunkSet, Document, DocumentVersion, Status
-from search.ingestion import signals
+from kms.store.models import Chunk, ChunkSet, Document, DocumentVersion, Domain, Status
+from search.ingestion import signals, spaces
 from search.ingestion.chunking import chunk_document, load_tokenizer
-from search.ingestion.embedding import checked_model_path, get_embedder, passage_text
+from search.ingestion.embedding import checked_model_path
 from search.ingestion.parsing import Block, Page, ParsedDocument, ParseError
 from search.ingestion.sandbox import SandboxUnavailable, parse_untrusted
 
@@ -170,55 +170,42 @@ def chunk_versions(
 
 
 def embed_pending(claim_size: int | None = None, time_budget: float = 60.0) -> tuple[int, bool]:
-    """Embed chunks that have no vector yet, batch by batch, for up to ``time_budget`` s.
+    """Embed the chunks of building sets that lack a vector, for up to ``time_budget`` s.
 
-    Claims are larger than one forward pass so the model can sort texts by length and pad
-    little. Returns (chunks embedded, whether more are waiting). Rows are claimed with
-    ``FOR UPDATE SKIP LOCKED`` so concurrent workers never embed the same chunk twice, and a
-    worker that dies releases its claim with its connection.
+    Each chunk gets a vector in every space its domain wants (the served one and, during a
+    switch, the next one), so a document that arrives while a domain re-embeds is found in
+    both. Claims are larger than one forward pass so the model can sort texts by length and
+    pad little. Rows are claimed with ``FOR UPDATE SKIP LOCKED`` so concurrent workers never
+    embed the same chunk twice, and a worker that dies releases its claim with its
+    connection. Returns (vectors written, whether more are waiting).
     """
-    embedder = get_embedder()
-    space, backend = embedder.version, embedder.backend_used
     size = claim_size or settings.KMS_EMBED_CLAIM_SIZE
     started = time.monotonic()
     total = 0
-    while True:
-        with transaction.atomic():
-            rows = list(
-                Chunk.objects.select_for_update(skip_locked=True, of=("self",))
-                .filter(embedding__isnull=True)
-                .select_related("document")
-                .order_by("pk")[:size]
-            )
-            if not rows:
-                return total, False
-            vectors = embedder.encode(
-                [passage_text(c.document.title, c.heading, c.text) for c in rows]
-            )
-            now = timezone.now()
-            for chunk, vector in zip(rows, vectors, strict=True):
-                chunk.embedding = vector
-                chunk.embedding_model = space
-                chunk.embedding_backend = backend
-                chunk.embedded_at = now
-            Chunk.objects.bulk_update(
-                rows, ["embedding", "embedding_model", "embedding_backend", "embedded_at"]
-            )
-        total += len(rows)
-        finalize_chunk_sets({c.chunk_set_id for c in rows})
-        if time.monotonic() - started > time_budget:
-            return total, Chunk.objects.filter(embedding__isnull=True).exists()
+    for domain in Domain.objects.filter(
+        pk__in=Chunk.objects.filter(spaces.BUILDING_CHUNKS).values("domain_id")
+    ):
+        count, more = spaces.embed_into(
+            spaces.wanted_spaces(domain),
+            Chunk.objects.filter(spaces.BUILDING_CHUNKS, domain=domain),
+            claim_size=size, time_budget=max(time_budget - (time.monotonic() - started), 0.0),
+            on_claim=lambda rows: finalize_chunk_sets({c.chunk_set_id for c in rows}),
+        )
+        total += count
+        if more:
+            return total, True
+    return total, chunks_waiting()
 
 
 def finalize_chunk_sets(chunk_set_ids: Iterable[int]) -> list[int]:
     """Activate the building sets whose chunks all have vectors; returns their versions."""
-    complete = list(
-        ChunkSet.objects.filter(pk__in=list(chunk_set_ids), state=ChunkSet.State.BUILDING)
-        .filter(chunks__isnull=False)
-        .exclude(chunks__embedding__isnull=True)
-        .distinct()
-        .values_list("pk", flat=True)
-    )
+    complete = [
+        chunk_set.pk
+        for chunk_set in ChunkSet.objects.filter(
+            pk__in=list(chunk_set_ids), state=ChunkSet.State.BUILDING
+        ).select_related("version__document__domain")
+        if _has_all_vectors(chunk_set)
+    ]
     activated = [version_id for pk in complete if (version_id := activate(pk)) is not None]
     if activated:
         domain_ids = set(
@@ -228,6 +215,16 @@ def finalize_chunk_sets(chunk_set_ids: Iterable[int]) -> list[int]:
         )
         signals.send_on_commit(signals.versions_served, domain_ids=domain_ids)
     return activated
+
+
+def _has_all_vectors(chunk_set: ChunkSet) -> bool:
+    """Every chunk of the set has a vector in every space its domain wants."""
+    chunks = Chunk.objects.filter(chunk_set=chunk_set)
+    if not chunks.exists():
+        return False
+    domain = chunk_set.version.document.domain
+    return not any(chunks.filter(spaces.lacking(space)).exists()
+                   for space in spaces.wanted_spaces(domain))
 
 
 def activate(chunk_set_id: int) -> int | None:
@@ -250,8 +247,8 @@ def activate(chunk_set_id: int) -> int | None:
         )
         if version is None or chunk_set is None or version.status != Status.PROCESSING:
             return None
-        chunks = Chunk.objects.filter(chunk_set=chunk_set)
-        if not chunks.exists() or chunks.filter(embedding__isnull=True).exists():
+        chunk_set.version = version
+        if not _has_all_vectors(chunk_set):
             return None  # re-chunked since it was found complete
         replaced = version.active_chunks_id
         if chunk_set.source == ChunkSet.Source.PARSE:
@@ -351,24 +348,14 @@ def stalled_versions(older_than_seconds: int) -> list[int]:
 
 
 def chunks_waiting() -> bool:
-    """Chunks without a vector yet (embedding is still busy)."""
-    return Chunk.objects.filter(embedding__isnull=True).exists()
-
-
-def versions_in_other_spaces(space: str, domain_id: int | None = None,
-                             limit: int | None = None) -> list[int]:
-    """Served versions with vectors of another embedding space than ``space`` (the model or
-    its quantisation changed): dense search skips those vectors until they are re-embedded."""
-    chunks = Chunk.objects.filter(is_current=True, embedding__isnull=False).exclude(
-        embedding_model=space)
-    if domain_id is not None:
-        chunks = chunks.filter(domain_id=domain_id)
-    versions = (
-        DocumentVersion.objects.filter(pk__in=chunks.values("version_id"))
-        .exclude(status__in=OPEN_STATES)
-        .order_by("pk").values_list("pk", flat=True)
+    """Chunks of building sets without a vector yet (embedding is still busy)."""
+    return any(
+        Chunk.objects.filter(spaces.BUILDING_CHUNKS, domain=domain).filter(
+            spaces.lacking(space)).exists()
+        for domain in Domain.objects.filter(
+            pk__in=Chunk.objects.filter(spaces.BUILDING_CHUNKS).values("domain_id"))
+        for space in spaces.wanted_spaces(domain)
     )
-    return list(versions[:limit] if limit else versions)
 
 
 def open_versions(version_ids: Iterable[int]) -> list[int]:

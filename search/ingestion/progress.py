@@ -6,9 +6,9 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from django.db.models import Count, Q
+from django.db.models import Count, Exists, OuterRef, Q
 
-from kms.store.models import Chunk, ChunkSet, DocumentVersion, Status
+from kms.store.models import Chunk, ChunkSet, ChunkVector, DocumentVersion, Status
 from search.ingestion import pipeline
 
 
@@ -38,7 +38,8 @@ def progress(version_ids: Sequence[int]) -> Progress:
         | Q(chunk_set__state=ChunkSet.State.ACTIVE, version__status=Status.READY)
     )
     chunk_counts = chunks.aggregate(
-        chunks=Count("pk"), embedded=Count("pk", filter=Q(embedding__isnull=False))
+        chunks=Count("pk"),
+        embedded=Count("pk", filter=Q(Exists(ChunkVector.objects.filter(chunk=OuterRef("pk"))))),
     )
     return Progress(len(ids), counts["ready"], counts["failed"], chunk_counts["chunks"],
                     chunk_counts["embedded"])

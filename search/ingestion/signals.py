@@ -1,8 +1,9 @@
 """What ingestion announces, so services never import the tasks or the layers above them.
 
-Services send ``processing_requested`` and ``embedding_requested`` once their transaction
-commits; ``search.ingestion.tasks`` turns them into Celery work. ``versions_served`` tells
-whoever keeps derived indexes (``search.retrieval.tasks``) that new chunks are being served.
+Services send ``processing_requested``, ``embedding_requested`` and ``space_requested``
+once their transaction commits; ``search.ingestion.tasks`` turns them into Celery work.
+``versions_served`` tells whoever keeps derived indexes (``search.retrieval.tasks``) that
+new chunks are being served.
 A request that nobody would carry out is an error, never work silently dropped.
 """
 
@@ -14,6 +15,7 @@ from django.dispatch import Signal
 processing_requested = Signal()  # version_ids: list[int] -> parse, chunk, embed
 embedding_requested = Signal()  # version_ids: list[int] -> embed the chunks lacking a vector
 versions_served = Signal()  # domain_ids: set[int] -> rebuild what is derived from the chunks
+space_requested = Signal()  # domain_id: int -> fill the domain's wanted embedding spaces
 
 
 def send_on_commit(signal: Signal, **payload: object) -> None:

@@ -22,7 +22,7 @@ from django.db import DatabaseError, InterfaceError, OperationalError
 from django.dispatch import receiver
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from search.ingestion import documents, pipeline, signals
+from search.ingestion import pipeline, signals, spaces
 from search.ingestion.embedding import get_embedder
 from search.ingestion.sandbox import SandboxUnavailable
 
@@ -102,18 +102,21 @@ def requeue_stalled() -> int:
     return len(version_ids)
 
 
-@shared_task(base=PipelineTask)
-def reembed_other_spaces() -> int:
-    """Periodic: blue/green re-embedding of served versions whose vectors are of another
-    embedding space (a new model or backend), a batch at a time while nothing else waits."""
-    if _queue_length() > 0 or pipeline.chunks_waiting():
-        return 0
-    space = get_embedder().version
-    version_ids = pipeline.versions_in_other_spaces(space, limit=settings.KMS_REEMBED_BATCH)
-    if version_ids:
-        logger.warning("Re-embedding %d versions into %s", len(version_ids), space)
-        documents.reembed(version_ids)
-    return len(version_ids)
+@shared_task(autoretry_for=TRANSIENT_ERRORS, retry_backoff=2, retry_backoff_max=300,
+             max_retries=8, acks_late=True)
+def fill_embedding_spaces(domain_id: int | None = None) -> int:
+    """On the models queue (periodic, and after a promotion or roll back): served chunks
+    get vectors in the spaces their domain wants, then the domain switches to the next
+    space once it is complete. Hands the rest to a fresh task after its time budget."""
+    total, more = 0, False
+    for domain in spaces.domains_to_fill():
+        if domain_id is None or domain.pk == domain_id:
+            count, waiting = spaces.fill(domain, claim_size=settings.KMS_EMBED_CLAIM_SIZE,
+                                         time_budget=60.0)
+            total, more = total + count, more or waiting
+    if more:
+        fill_embedding_spaces.delay(domain_id)
+    return total
 
 
 def _queue_length() -> int:
@@ -160,3 +163,8 @@ def _queue_processing(sender, version_ids: list[int], **_: object) -> None:
 @receiver(signals.embedding_requested)
 def _queue_embedding(sender, version_ids: list[int], **_: object) -> None:
     embed_pending.delay(version_ids)
+
+
+@receiver(signals.space_requested)
+def _queue_space_filling(sender, domain_id: int, **_: object) -> None:
+    fill_embedding_spaces.delay(domain_id)

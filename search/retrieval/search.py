@@ -23,8 +23,10 @@ from django.db.models import Exists, OuterRef, Q
 from kms import access as access_rules
 from kms.access import Access
 from kms.store.models import Chunk, Document, Domain
-from search.ingestion.embedding import get_embedder
+from search.ingestion import spaces
+from search.ingestion.embedding import passage_text
 from search.retrieval import index_store as bm25_store
+from search.retrieval import reranking
 from search.retrieval.dense import dense_search
 from search.retrieval.fusion import ranked, reciprocal_rank_fusion, weighted_fusion
 from search.retrieval.snippets import snippet
@@ -105,6 +107,7 @@ class DocumentHit:
     bm25: RankInfo | None = None
     dense: RankInfo | None = None
     chunks: list[ChunkHit] = field(default_factory=list)
+    rerank: RankInfo | None = None  # the domain's reranker, when one is promoted
 
 
 @dataclass
@@ -115,6 +118,7 @@ class SearchResponse:
     took_ms: float
     message: str = ""
     bm25_index_version: str | None = None
+    embedding_space: str | None = None  # whose vectors the dense side compared
 
     @property
     def chunks(self) -> list[ChunkHit]:
@@ -133,8 +137,13 @@ def search(
     fusion: FusionOptions | None = None,
     candidates: int | None = None,
     chunks_per_document: int = 3,
+    rerank: bool | reranking.Reranker = True,
 ) -> SearchResponse:
-    """The ``k`` best documents for ``query`` with their best chunks, each explained."""
+    """The ``k`` best documents for ``query`` with their best chunks, each explained.
+
+    ``rerank``: True reranks with the domain's promoted reranker (if it has one), False
+    serves the fused ranking, a ``Reranker`` uses that one (the gate judges a candidate so).
+    """
     started = time.perf_counter()
     query = _check_query(query)
     mode = mode or settings.KMS_SEARCH_MODE
@@ -152,6 +161,17 @@ def search(
             query, mode, [], _ms(started),
             "The query has only very common words (like 'the' or 'of'); add a specific term.",
         )
+    space = embedder = None
+    message = ""
+    reranker = (rerank if isinstance(rerank, reranking.Reranker)
+                else reranking.served_reranker(domain) if rerank else None)
+    if mode in ("dense", "hybrid"):
+        try:
+            space, embedder, message = spaces.query_space(domain)
+        except spaces.SpaceUnavailable as exc:
+            if mode == "dense":
+                raise SearchError(f"Dense search is unavailable: {exc}") from exc
+            message = f"Dense search is unavailable ({exc}); these are keyword matches only."
     with _one_snapshot():
         allowed = filtered_chunks(domain, access, filters)
         bm25_chunks: list[tuple[int, float]] = []
@@ -171,25 +191,50 @@ def search(
                     document_index, terms, Document.objects.filter(document_filter(allowed)), "pk",
                     n, bool(filters.document_ids), {},
                 )
-        if mode in ("dense", "hybrid"):
-            embedder = get_embedder()
+        if space is not None and embedder is not None:
             vector = embedder.encode([query])[0]
             for pk, document, similarity in dense_search(
-                vector, embedder.version, allowed, n, settings.KMS_HNSW_EF_SEARCH
+                vector, space, allowed, n, settings.KMS_HNSW_EF_SEARCH
             ):
                 dense_chunks.append((pk, similarity))
                 owners[pk] = document
         dense_documents = best_chunk_per_document(dense_chunks, owners)
-        documents = fuse(mode, bm25_documents, dense_documents, fusion)[:k]
+        documents = fuse(mode, bm25_documents, dense_documents, fusion)[
+            :max(k, reranker.depth if reranker else 0)]
         chunk_ranking = fuse(mode, bm25_chunks, dense_chunks, fusion)
         hits = _assemble(documents, chunk_ranking, owners, bm25_chunks, dense_chunks,
                          bm25_documents, dense_documents, chunk_index, terms, allowed,
                          chunks_per_document)
-    message = ""
+    if reranker is not None:
+        try:
+            hits = _reranked(reranker, query, hits)
+        except reranking.RerankerUnavailable as exc:
+            message = " ".join(filter(None, [message, f"{exc} Results are not reranked; "
+                                             "restore the files or roll the reranker back."]))
+    hits = hits[:k]
     if mode != "dense" and chunk_index is None:
-        message = "The BM25 index of this domain is not built yet; keyword matches are missing."
+        message = " ".join(filter(None, [message, "The BM25 index of this domain is not built "
+                                         "yet; keyword matches are missing."]))
     version = chunk_index.version if chunk_index is not None else None
-    return SearchResponse(query, mode, hits, _ms(started), message, version)
+    return SearchResponse(query, mode, hits, _ms(started), message, version,
+                          space.name if space is not None else None)
+
+
+def _reranked(reranker: reranking.Reranker, query: str,
+              hits: list[DocumentHit]) -> list[DocumentHit]:
+    """The top ``depth`` hits in the reranker's order, each with its reranker rank."""
+    head, tail = hits[:reranker.depth], hits[reranker.depth:]
+    if len(head) < 2:
+        return hits
+    order = reranking.rerank(
+        reranker, query,
+        [passage_text(hit.title, hit.chunks[0].heading, hit.chunks[0].text) for hit in head],
+        [hit.score for hit in head],
+    )
+    for item in order:
+        head[item.position].rerank = RankInfo(item.rank, item.rerank_score)
+        head[item.position].score = item.score
+    return [head[item.position] for item in order] + tail
 
 
 @contextlib.contextmanager

@@ -46,7 +46,7 @@ class Command(BaseCommand):
         commands = system.service_commands(host, port, options["concurrency"])
         threads = str(max(1, (os.cpu_count() or 2) // max(1, options["concurrency"])))
         for name, argv in commands.items():
-            extra = {"KMS_ENCODER_THREADS": threads} if name == "worker" else None
+            extra = {"KMS_ENCODER_THREADS": threads} if name in ("worker", "trainer") else None
             log = supervisor.start(name, argv, extra)
             self.stdout.write(f"Started {name} (log: {log})")
         try:

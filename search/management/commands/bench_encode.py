@@ -11,8 +11,8 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from kms.access import visible_documents
 from search.evaluation import encoders as bench
-from search.evaluation.beir import DatasetError, read_split
 from search.evaluation.retrieval import beir_prefix, timestamp
+from search.ingestion.beir import DatasetError, read_split
 from search.ingestion.embedding import ModelNotFoundError
 from search.ingestion.encoders import BACKENDS
 from search.management.cli import domain_or_error

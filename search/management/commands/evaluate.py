@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
@@ -10,9 +10,10 @@ from tqdm import tqdm
 
 from kms.store.models import Document, Domain
 from search.evaluation import retrieval as evaluation
-from search.evaluation.beir import DatasetError, read_split
+from search.ingestion.beir import DatasetError, read_split
 from search.management.cli import domain_or_error
 from search.retrieval import index_store as bm25_store
+from search.retrieval import reranking
 from search.retrieval.search import FUSION_METHODS, MODES, FusionOptions, SearchError
 
 
@@ -37,6 +38,9 @@ class Command(BaseCommand):
         parser.add_argument("--rrf-k", type=int, default=None, help="Default: KMS_RRF_K.")
         parser.add_argument("--bm25-weight", type=float, default=None,
                             help="Weighted fusion's BM25 share (default: KMS_FUSION_BM25_WEIGHT).")
+        parser.add_argument("--rerank-depths", type=_depths, default=[],
+                            help="With a promoted reranker: also hybrid reranked at each of "
+                                 "these depths, e.g. 10,20,30 (default: its served depth).")
         parser.add_argument("--tune", action="store_true",
                             help="Grid-search RRF k and the BM25 weight on --split.")
 
@@ -96,21 +100,27 @@ class Command(BaseCommand):
 
     def _evaluate(self, report, queries, qrels, prefix, modes, fusion, options) -> None:
         report["modes"] = {}
-        for mode in modes:
-            with tqdm(total=len(queries), desc=f"{mode:>6}", unit="q", mininterval=1) as bar:
+        runs: list[tuple[str, str, bool | reranking.Reranker]] = [
+            (mode, mode, False) for mode in modes]
+        served = reranking.served_reranker(Domain.objects.get(slug=report["domain"]))
+        if "hybrid" in modes and served is not None:  # the promoted reranker, beside
+            for depth in options["rerank_depths"] or [served.depth]:
+                runs.append((f"hybrid+rerank@{depth}", "hybrid", replace(served, depth=depth)))
+        for label, mode, rerank in runs:
+            with tqdm(total=len(queries), desc=f"{label:>6}", unit="q", mininterval=1) as bar:
                 result = evaluation.run_queries(
                     queries, domain=report["domain"], mode=mode, k=options["k"], fusion=fusion,
                     candidates=options["candidates"], source_prefix=prefix,
-                    on_query=lambda _qid, bar=bar: bar.update(1),
+                    on_query=lambda _qid, bar=bar: bar.update(1), rerank=rerank,
                 )
-            report["modes"][mode] = {
+            report["modes"][label] = {
                 "metrics": evaluation.evaluate_run(qrels, result.run),
                 "latency": result.latency(),
                 "queries_without_hits": sum(1 for hits in result.run.values() if not hits),
                 "errors": result.errors,
             }
             for qid, message in list(result.errors.items())[:5]:
-                self.stderr.write(f"  {mode} query {qid} rejected: {message}")
+                self.stderr.write(f"  {label} query {qid} rejected: {message}")
         self.stdout.write(
             f"\n{report['dataset']} {report['split']}: {report['counts']['queries']} queries, "
             f"domain {report['domain']}, fusion {_fusion_label(fusion)}\n"
@@ -174,8 +184,9 @@ class Command(BaseCommand):
             raise CommandError(
                 f"Domain {domain.slug} has no BM25 index yet. The workers build it shortly "
                 "after documents become ready (`manage.py run`), or build it now with: "
-                "manage.py shell -c \"from search import bm25_store; from kms.store.models "
-                f"import Domain; bm25_store.build_index(Domain.objects.get(slug='{domain.slug}'))\""
+                "manage.py shell -c \"from search.retrieval import index_store; from "
+                "kms.store.models import Domain; "
+                f"index_store.build_index(Domain.objects.get(slug='{domain.slug}'))\""
             )
         served = {
             "chunks": bm25_store.searchable_chunks(domain).count(),
@@ -212,6 +223,16 @@ def _fusion_label(fusion: FusionOptions) -> str:
     if fusion.method == "rrf":
         return f"rrf k={fusion.rrf_k}"
     return f"weighted bm25_weight={fusion.bm25_weight:g}"
+
+
+def _depths(value: str) -> list[int]:
+    try:
+        depths = [int(part) for part in value.split(",") if part.strip()]
+    except ValueError:
+        raise CommandError(f"--rerank-depths takes numbers like 10,20,30; got {value!r}.") from None
+    if not depths or any(not 2 <= d <= 200 for d in depths):
+        raise CommandError("Each rerank depth must be between 2 and 200.")
+    return depths
 
 
 def _table(rows: dict[str, dict], best: str | None = None) -> str:

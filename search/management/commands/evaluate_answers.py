@@ -20,8 +20,8 @@ from search.evaluation.answers import (
     read_pubmedqa,
     store_contexts,
 )
-from search.evaluation.beir import DatasetError
 from search.evaluation.domains import OwnedDomainError, drop, owned_domain
+from search.ingestion.beir import DatasetError
 from search.management.cli import process_with_progress
 from search.retrieval.search import SearchError
 

@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from kms.access import Access
 from kms.store.models import Chunk
-from search.evaluation.beir import DatasetError, read_corpus
+from search.ingestion.beir import DatasetError, read_corpus
 from search.ingestion.documents import (
     UnknownDomainError,
     add_document,

@@ -21,6 +21,11 @@ class BeirDocument:
     text: str
 
 
+def beir_prefix(dataset_dir: Path) -> str:
+    """The source prefix ``import_beir`` gives the documents of this dataset."""
+    return f"beir:{Path(dataset_dir).resolve().name}:"
+
+
 def corpus_path(dataset_dir: Path) -> Path:
     for name in ("corpus.jsonl.gz", "corpus.jsonl"):
         if (dataset_dir / name).exists():

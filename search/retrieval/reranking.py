@@ -1,0 +1,104 @@
+"""Reranking: a domain's promoted cross-encoder rescores the best fused documents.
+
+Only a domain with a promoted reranker run (``tuning``'s registry) is reranked; the others
+are served exactly as fused. Each of the top ``depth`` documents is scored by its best
+chunk (with its title, as it is embedded), and the final score interpolates the reranker's
+with the fused one, both min-max normalised over those documents, so a weak reranker cannot
+throw away what fusion found.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from django.conf import settings
+
+from kms.store.models import Domain, ModelRun
+
+
+class RerankerUnavailable(RuntimeError):
+    """The promoted reranker's files cannot be loaded."""
+
+
+@dataclass(frozen=True)
+class Reranker:
+    run_id: int
+    path: Path
+    depth: int
+    weight: float  # of the reranker's score; 1 - weight of the fused score
+
+    def model(self):
+        return load_cross_encoder(self.path)
+
+
+def served_reranker(domain: Domain) -> Reranker | None:
+    """The domain's promoted reranker with its serving options, or None."""
+    run = ModelRun.objects.filter(domain=domain, kind=ModelRun.Kind.RERANKER,
+                                  state=ModelRun.State.PROMOTED).first()
+    if run is None:
+        return None
+    options = domain.options.get("reranking", {}) if isinstance(domain.options, dict) else {}
+    return Reranker(run.pk, Path(run.model_dir),
+                    int(options.get("depth", settings.KMS_RERANK_DEPTH)),
+                    float(options.get("weight", settings.KMS_RERANK_WEIGHT)))
+
+
+_lock = threading.Lock()
+_models: dict[Path, object] = {}
+
+
+def load_cross_encoder(path: Path):
+    """The process-wide CrossEncoder at ``path`` (loaded on first use)."""
+    from sentence_transformers import CrossEncoder
+
+    with _lock:
+        if path not in _models:
+            if not (path / "config.json").is_file():
+                raise RerankerUnavailable(f"No reranker model at {path}.")
+            try:
+                _models[path] = CrossEncoder(str(path), device="cpu")
+            except (OSError, ValueError) as exc:
+                raise RerankerUnavailable(f"Cannot load the reranker at {path}: {exc}") from exc
+        return _models[path]
+
+
+@dataclass(frozen=True)
+class Reranked:
+    position: int  # in the list that was given
+    rank: int  # by the reranker's score alone, 1-based
+    rerank_score: float
+    score: float  # interpolated with the fused score: what the result is ranked by
+
+
+def rerank(reranker: Reranker, query: str, passages: list[str],
+           fused: list[float]) -> list[Reranked]:
+    """The passages (best fused first) reordered by the reranker blended with fusion."""
+    scores = rerank_scores(reranker, query, passages)
+    final = combined(scores, np.asarray(fused, dtype=np.float64), reranker.weight)
+    by_reranker = {int(i): rank for rank, i in enumerate(np.argsort(-scores, kind="stable"), 1)}
+    order = np.argsort(-final, kind="stable")
+    return [Reranked(int(i), by_reranker[int(i)], float(scores[i]), float(final[i]))
+            for i in order]
+
+
+def rerank_scores(reranker: Reranker, query: str, passages: list[str]) -> np.ndarray:
+    """The cross-encoder's relevance score of each passage for ``query``."""
+    if not passages:
+        return np.zeros(0)
+    model = reranker.model()
+    scores = model.predict([(query, passage) for passage in passages],
+                           batch_size=max(len(passages), 1), show_progress_bar=False)
+    return np.asarray(scores, dtype=np.float64).reshape(-1)
+
+
+def combined(rerank: np.ndarray, fused: np.ndarray, weight: float) -> np.ndarray:
+    """``weight`` x reranker + (1 - weight) x fused, each min-max normalised."""
+    return weight * _unit(rerank) + (1.0 - weight) * _unit(fused)
+
+
+def _unit(values: np.ndarray) -> np.ndarray:
+    spread = values.max() - values.min() if values.size else 0.0
+    return (values - values.min()) / spread if spread > 0 else np.ones_like(values)

@@ -1,0 +1,316 @@
+"""One fine-tuning cycle of a domain model: pairs, training, the gate, and the registry.
+
+``collect`` gathers the domain's pairs (dataset files and synthetic pairs from the served
+corpus; curated pairs and feedback join once the portal stores them), splits off held-out
+queries that are never trained on and mines hard negatives with the served retriever.
+``run_cycle`` trains the run's model, judges it against the served one on the held-out
+queries and records the outcome; a run that passes is promoted (an embedder's space is then
+filled beside the served one and search switches when it is complete).
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from django.conf import settings
+
+from kms.access import Access, visible_documents
+from kms.store.models import Domain, ModelRun
+from search.ingestion import spaces
+from search.ingestion.beir import beir_prefix, read_split
+from search.ingestion.embedding import Embedder, passage_text
+from search.retrieval import reranking
+from search.retrieval.search import SearchError, search
+from tuning import registry
+from tuning.data.negatives import mine_hard_negatives
+from tuning.data.pairs import TrainingPair, dataset_pairs, split_held_out, synthetic_pairs
+from tuning.evaluation.gate import GateResult, decide, dense_ranker, scores
+from tuning.params import EmbedderParams, RerankerParams
+from tuning.training.embedder import train_embedder
+from tuning.training.reranker import train_reranker
+
+logger = logging.getLogger(__name__)
+
+# Training reads every served document of the domain, whoever may see it.
+TRAINING = Access.everything("domain fine-tuning")
+
+OnStep = Callable[[int, int, float | None], None]
+# Pairs a person asked or judged; synthetic pairs are made from the corpus.
+REAL_SOURCES = ("dataset", "curated", "feedback")
+
+
+class CycleError(ValueError):
+    """The cycle cannot run as asked; the message says what to add or change."""
+
+
+@dataclass(frozen=True)
+class DataOptions:
+    dataset_dir: Path | None = None
+    split: str = "train"
+    synthetic: bool = True
+    synthetic_limit: int | None = None
+    held_out: float = 0.2
+    seed: int = 13
+
+    @classmethod
+    def for_domain(cls, domain: Domain, **overrides) -> DataOptions:
+        """Per-domain options (``Domain.options["tuning"]``) under explicit overrides."""
+        options = dict(tuning_options(domain).get("data", {}))
+        if options.get("dataset_dir"):
+            options["dataset_dir"] = Path(options["dataset_dir"])
+        options.setdefault("held_out", settings.KMS_TUNING_HELD_OUT)
+        options.setdefault("synthetic_limit", settings.KMS_TUNING_SYNTHETIC_LIMIT)
+        options.update({k: v for k, v in overrides.items() if v is not None})
+        unknown = set(options) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise CycleError(f"Unknown tuning data options {sorted(unknown)}; known: "
+                             f"{sorted(cls.__dataclass_fields__)}.")
+        return cls(**options)
+
+
+@dataclass
+class DomainData:
+    """What a cycle trains and judges on; passages are keyed by document id."""
+
+    train: list[TrainingPair]
+    held_out_queries: dict[str, str]
+    held_out_qrels: dict[str, dict[str, int]]
+    passages: dict[str, str]
+    counts: dict[str, object] = field(default_factory=dict)
+
+
+def tuning_options(domain: Domain) -> dict:
+    options = domain.options if isinstance(domain.options, dict) else {}
+    return options.get("tuning", {}) if isinstance(options.get("tuning", {}), dict) else {}
+
+
+def served_corpus(domain: Domain) -> dict[str, tuple[str, str, str]]:
+    """document id -> (source, title, served text), through the access module."""
+    rows = (visible_documents(TRAINING).filter(domain=domain, current_version__isnull=False)
+            .order_by("pk").values_list("pk", "source", "title",
+                                        "current_version__extracted_text"))
+    return {str(pk): (source, title, text) for pk, source, title, text in rows if text}
+
+
+def collect(domain: Domain, options: DataOptions, *, negatives: int = 0,
+            on_stage: Callable[[str], None] | None = None) -> DomainData:
+    """The domain's pairs: held out by query (real queries when there are any, else
+    synthetic ones), the rest for training, with ``negatives`` mined per training pair."""
+    say = on_stage or (lambda _: None)
+    corpus = served_corpus(domain)
+    if not corpus:
+        raise CycleError(f"Domain {domain.slug} has no served documents to train on.")
+    passages = {key: passage_text(title, "", text) for key, (_, title, text) in corpus.items()}
+    real, real_qrels = _dataset_pairs(options, corpus, passages)
+    synthetic = []
+    if options.synthetic:
+        synthetic = synthetic_pairs(
+            [(key, title, text) for key, (_, title, text) in corpus.items()],
+            seed=options.seed, limit=options.synthetic_limit)
+    if not real and not synthetic:
+        raise CycleError(
+            f"No training pairs for {domain.slug}: give a dataset (--dataset DIR, BEIR "
+            "layout, its corpus imported with import_beir) or allow synthetic pairs.")
+    if real:
+        train_real, held = split_held_out(real, options.held_out, options.seed)
+        train = train_real + synthetic
+        queries = {pair.group: pair.query for pair in held}
+        qrels = {qid: real_qrels[qid] for qid in queries}
+        held_from = "dataset"
+    else:
+        train, held = split_held_out(synthetic, options.held_out, options.seed)
+        queries = {f"synthetic-{i}": pair.query for i, pair in enumerate(held)}
+        qrels = {f"synthetic-{i}": {pair.group: 1} for i, pair in enumerate(held)}
+        held_from = "synthetic"
+    if not train:
+        raise CycleError(f"Every pair of {domain.slug} is held out; add pairs.")
+    if negatives:
+        train = _with_negatives(domain, train, passages, real_qrels, negatives, options, say)
+    counts = {
+        "documents": len(corpus),
+        "train_pairs": len(train),
+        "held_out_queries": len(queries),
+        "held_out_from": held_from,
+        "by_source": _by_source(train),
+        "with_negatives": sum(1 for pair in train if pair.negatives),
+    }
+    return DomainData(train, queries, qrels, passages, counts)
+
+
+def _with_negatives(domain: Domain, train: list[TrainingPair], passages: dict[str, str],
+                    real_qrels: dict, negatives: int, options: DataOptions,
+                    say: Callable[[str], None]) -> list[TrainingPair]:
+    """Hard negatives from the served retriever for the real pairs (or, without any, for
+    up to ``KMS_TUNING_MINE_LIMIT`` synthetic ones): one search per query."""
+    real = [pair for pair in train if pair.source in REAL_SOURCES]
+    rest = [pair for pair in train if pair.source not in REAL_SOURCES]
+    if real:
+        chosen, kept = real, rest
+    else:
+        order = list(range(len(rest)))
+        random.Random(options.seed).shuffle(order)
+        picked = set(order[:settings.KMS_TUNING_MINE_LIMIT])
+        chosen = [pair for i, pair in enumerate(rest) if i in picked]
+        kept = [pair for i, pair in enumerate(rest) if i not in picked]
+    say(f"Mining hard negatives for {len(chosen)} pairs with the served retriever")
+    relevant = {pair.group: set(real_qrels.get(pair.group, {})) | {pair.group}
+                for pair in chosen}
+    mined = mine_hard_negatives(
+        chosen, lambda query: _retrieve(domain, query), passages, per_pair=negatives,
+        positives_of=lambda pair: relevant.get(pair.group, set()))
+    return mined + kept
+
+
+def _dataset_pairs(options: DataOptions, corpus, passages) -> tuple[list, dict]:
+    if options.dataset_dir is None:
+        return [], {}
+    queries, qrels = read_split(Path(options.dataset_dir), options.split)
+    prefix = beir_prefix(Path(options.dataset_dir))
+    key_of = {source[len(prefix):]: key for key, (source, _, _) in corpus.items()
+              if source.startswith(prefix)}
+    if not key_of:
+        raise CycleError(f"No document of this domain comes from {options.dataset_dir} (its "
+                         f"sources start with {prefix!r}); import it with import_beir first.")
+    mapped = {qid: {key_of[d]: r for d, r in judged.items() if d in key_of and r > 0}
+              for qid, judged in qrels.items()}
+    mapped = {qid: judged for qid, judged in mapped.items() if judged}
+    return dataset_pairs(queries, mapped, passages), mapped
+
+
+def _by_source(pairs: list[TrainingPair]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for pair in pairs:
+        counts[pair.source] = counts.get(pair.source, 0) + 1
+    return counts
+
+
+def _retrieve(domain: Domain, query: str, k: int = 30,
+              rerank: bool | reranking.Reranker = True) -> list[str]:
+    return list(_ranking(domain, query, k, rerank))
+
+
+def _ranking(domain: Domain, query: str, k: int,
+             rerank: bool | reranking.Reranker) -> dict[str, float]:
+    try:
+        response = search(query, domain=domain, access=TRAINING, k=k, rerank=rerank,
+                          chunks_per_document=1)
+    except SearchError:
+        return {}
+    return {str(hit.document_id): hit.score for hit in response.documents}
+
+
+def run_cycle(run: ModelRun, options: DataOptions, *, on_step: OnStep | None = None,
+              on_stage: Callable[[str], None] | None = None) -> ModelRun:
+    """Train, judge and record ``run`` (queued); returns it promoted, rejected or failed."""
+    say = on_stage or (lambda _: None)
+    if not registry.begin_training(run):
+        run.refresh_from_db()
+        return run
+    try:
+        return _train_and_judge(run, options, on_step, say)
+    except Exception as exc:
+        registry.fail(run, f"{type(exc).__name__}: {exc}")
+        raise
+
+
+def _train_and_judge(run: ModelRun, options: DataOptions, on_step: OnStep | None,
+                     say: Callable[[str], None]) -> ModelRun:
+    domain = run.domain
+    embedder = run.kind == ModelRun.Kind.EMBEDDER
+    params = (EmbedderParams if embedder else RerankerParams).from_options(run.params)
+    data = collect(domain, options, negatives=params.hard_negatives if embedder
+                   else params.negatives_per_pair, on_stage=say)
+    output = registry.run_directory(run)
+
+    def step(done: int, total: int, loss: float | None) -> None:
+        registry.record_progress(run, done, total, loss)
+        if on_step is not None:
+            on_step(done, total, loss)
+
+    say(f"Training the {run.kind} on {len(data.train)} pairs")
+    started = time.perf_counter()
+    train = train_embedder if embedder else train_reranker
+    result = train(Path(run.base_model), data.train, params, output, step)
+    counts = {**data.counts, "steps": result.steps,
+              "training_seconds": round(time.perf_counter() - started, 1)}
+    say(f"Judging it on {len(data.held_out_queries)} held-out queries")
+    gate = (_gate_embedder if embedder else _gate_reranker)(run, data, output)
+    registry.finish(run, model_dir=output, data_counts=counts, loss_curve=result.loss_curve,
+                    metrics=gate.as_dict(), passed=gate.passed)
+    run.refresh_from_db()
+    return run
+
+
+def margin(domain: Domain) -> float:
+    return float(tuning_options(domain).get("gate_margin", settings.KMS_TUNING_GATE_MARGIN))
+
+
+def _gate_embedder(run: ModelRun, data: DomainData, output: Path) -> GateResult:
+    """Dense retrieval with the candidate against the served model, on the held-out
+    queries over their relevant documents plus a seeded sample of the others."""
+    relevant = {key for judged in data.held_out_qrels.values() for key in judged}
+    others = sorted(set(data.passages) - relevant)
+    random.Random(13).shuffle(others)
+    keys = sorted(relevant) + others[:max(settings.KMS_TUNING_GATE_DOCUMENTS - len(relevant), 0)]
+    texts = [data.passages[key] for key in keys]
+    candidate = Embedder(output, settings.KMS_EMBEDDING_BACKEND)  # as it would be served
+    served = spaces.embedder_for(spaces.served_space(run.domain))
+    candidate_scores = scores(data.held_out_queries, data.held_out_qrels,
+                              dense_ranker(candidate.encode, keys, texts))
+    served_scores = scores(data.held_out_queries, data.held_out_qrels,
+                           dense_ranker(served.encode, keys, texts))
+    result = decide(candidate_scores, served_scores, margin(run.domain),
+                    len(data.held_out_queries))
+    logger.info("Gate for %s: %s", run, result.reason)
+    return result
+
+
+def _gate_reranker(run: ModelRun, data: DomainData, output: Path) -> GateResult:
+    """Served search (with the served reranker, if any) against the same search reranked
+    by the candidate, on the held-out queries over the whole domain."""
+    served_options = reranking.served_reranker(run.domain)
+    base = served_options or reranking.Reranker(0, output, settings.KMS_RERANK_DEPTH,
+                                                settings.KMS_RERANK_WEIGHT)
+    candidate = reranking.Reranker(run.pk, output, base.depth, base.weight)
+    candidate_scores = scores(data.held_out_queries, data.held_out_qrels,
+                              lambda q: _ranking(run.domain, q, 100, candidate))
+    served_scores = scores(data.held_out_queries, data.held_out_qrels,
+                           lambda q: _ranking(run.domain, q, 100, True))
+    result = decide(candidate_scores, served_scores, margin(run.domain),
+                    len(data.held_out_queries))
+    logger.info("Gate for %s: %s", run, result.reason)
+    return result
+
+
+def stored_options(run: ModelRun) -> dict:
+    """The run's data options as DataOptions arguments (paths back from strings)."""
+    options = dict(run.data_options)
+    if options.get("dataset_dir"):
+        options["dataset_dir"] = Path(options["dataset_dir"])
+    return options
+
+
+def new_run(domain: Domain, kind: str, params: dict | None = None,
+            data: DataOptions | None = None) -> ModelRun:
+    """A queued run of ``kind`` for ``domain``, starting from the served model (an embedder
+    keeps improving on its last promoted self) with the domain's training parameters."""
+    if kind not in ModelRun.Kind.values:
+        raise CycleError(f"Unknown model kind {kind!r}; use one of {ModelRun.Kind.values}.")
+    options = {**tuning_options(domain).get(kind, {}), **(params or {})}
+    checked = (EmbedderParams if kind == ModelRun.Kind.EMBEDDER else RerankerParams
+               ).from_options(options)
+    base = settings.KMS_EMBEDDING_MODEL
+    if kind == ModelRun.Kind.EMBEDDER:
+        served = registry.served_run(domain, kind)
+        if served is not None and (Path(served.model_dir) / "config.json").is_file():
+            base = served.model_dir
+    data = data or DataOptions.for_domain(domain)
+    stored = {name: str(value) if isinstance(value, Path) else value
+              for name, value in asdict(data).items()}
+    return registry.start_run(domain, kind, base_model=str(base), params=checked.as_dict(),
+                              data_options=stored)

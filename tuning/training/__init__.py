@@ -1,0 +1,1 @@
+"""Fine-tuning runs: validated hyper-parameters, the embedder and the reranker trainers."""
