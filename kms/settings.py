@@ -286,7 +286,7 @@ KMS_RERANK_WEIGHT = env_float("KMS_RERANK_WEIGHT", 0.7)
 # Domain fine-tuning (tuning/): model files, the held-out share, the gate.
 KMS_MODELS_DIR = Path(os.environ.get("KMS_MODELS_DIR") or DATA_DIR / "models").resolve()
 KMS_TUNING_HELD_OUT = env_float("KMS_TUNING_HELD_OUT", 0.2)  # of the queries, never trained on
-KMS_TUNING_SYNTHETIC_LIMIT = env_int("KMS_TUNING_SYNTHETIC_LIMIT", 6000)  # pairs per cycle
+KMS_TUNING_SYNTHETIC_LIMIT = env_int("KMS_TUNING_SYNTHETIC_LIMIT", 600)  # pairs per cycle
 KMS_TUNING_MINE_LIMIT = env_int("KMS_TUNING_MINE_LIMIT", 1000)  # label-free: pairs mined
 # A new model must beat the served one's nDCG@10 on the held-out queries by this much.
 KMS_TUNING_GATE_MARGIN = env_float("KMS_TUNING_GATE_MARGIN", 0.005)

@@ -213,6 +213,10 @@ def run_cycle(run: ModelRun, options: DataOptions, *, on_step: OnStep | None = N
         return run
     try:
         return _train_and_judge(run, options, on_step, say)
+    except KeyboardInterrupt:
+        registry.fail(run, "Interrupted (Ctrl+C or SIGTERM) at step "
+                      f"{run.progress_step}/{run.progress_total}. Start a new run.")
+        raise
     except Exception as exc:
         registry.fail(run, f"{type(exc).__name__}: {exc}")
         raise

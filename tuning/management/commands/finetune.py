@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
@@ -59,6 +60,7 @@ class Command(BaseCommand):
             self.stdout.write("Queued on the models queue; follow it in the admin (Model runs).")
             return
         bar = tqdm(unit="step", desc="Training", dynamic_ncols=True)
+        signal.signal(signal.SIGTERM, _interrupt)  # stopping it fails the run, not leaves it
 
         def on_step(step: int, total: int, loss: float | None) -> None:
             bar.total = total
@@ -72,6 +74,8 @@ class Command(BaseCommand):
                                   on_stage=lambda text: bar.write(text))
         except (cycle.CycleError, DatasetError, registry.RegistryError) as exc:
             raise CommandError(f"{exc} (run {run.pk} is marked failed)") from exc
+        except KeyboardInterrupt:
+            raise CommandError(f"Interrupted; run {run.pk} is marked failed.") from None
         finally:
             bar.close()
         self._report(run)
@@ -93,13 +97,17 @@ class Command(BaseCommand):
                 f"(margin {gate['margin']}). {gate['reason']}")
         style = self.style.SUCCESS if run.state == ModelRun.State.PROMOTED else self.style.WARNING
         self.stdout.write(style(f"Run {run.pk} is {run.get_state_display().lower()}"
-                                f"{': ' + run.message if run.message else ''}."))
+                                f"{': ' + run.message.rstrip('.') if run.message else ''}."))
         if run.state == ModelRun.State.PROMOTED and run.kind == ModelRun.Kind.EMBEDDER:
             run.domain.refresh_from_db()
             if run.domain.next_space_id:
                 self.stdout.write("Its vectors are being built beside the served ones; run "
                                   f"`manage.py reembed --domain {run.domain.slug}` to do it "
                                   "here, or let the models queue's worker do it.")
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 def _parameter(item: str) -> tuple[str, object]:
