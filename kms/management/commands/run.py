@@ -66,7 +66,7 @@ class Command(BaseCommand):
         except (ServiceDied, TimeoutError) as exc:
             raise CommandError(f"{exc}\nStopping everything.") from exc
         finally:
-            self.stdout.write("Stopping web, worker and beat ...")
+            self.stdout.write("Stopping web, worker, trainer and beat ...")
             supervisor.stop()
             embedded.stop_embedded_redis()
             self.stdout.write("Stopped. The embedded PostgreSQL stops as this process exits.")
