@@ -189,9 +189,9 @@ def _by_source(pairs: list[TrainingPair]) -> dict[str, int]:
     return counts
 
 
-def _retrieve(domain: Domain, query: str, k: int = 30,
-              rerank: bool | reranking.Reranker = True) -> list[str]:
-    return list(_ranking(domain, query, k, rerank))
+def _retrieve(domain: Domain, query: str, k: int = 30) -> list[str]:
+    """Document ids as the domain serves them: what hard negatives are mined from."""
+    return list(_ranking(domain, query, k, True))
 
 
 def _ranking(domain: Domain, query: str, k: int,
@@ -277,10 +277,7 @@ def _gate_embedder(run: ModelRun, data: DomainData, output: Path) -> GateResult:
 def _gate_reranker(run: ModelRun, data: DomainData, output: Path) -> GateResult:
     """Served search (with the served reranker, if any) against the same search reranked
     by the candidate, on the held-out queries over the whole domain."""
-    served_options = reranking.served_reranker(run.domain)
-    base = served_options or reranking.Reranker(0, output, settings.KMS_RERANK_DEPTH,
-                                                settings.KMS_RERANK_WEIGHT)
-    candidate = reranking.Reranker(run.pk, output, base.depth, base.weight)
+    candidate = reranking.reranker_for(run.domain, run.pk, output)  # as it would be served
     candidate_scores = scores(data.held_out_queries, data.held_out_qrels,
                               lambda q: _ranking(run.domain, q, 100, candidate))
     served_scores = scores(data.held_out_queries, data.held_out_qrels,

@@ -9,7 +9,6 @@ the base model. Nothing here trains; ``tuning.cycle`` does.
 from __future__ import annotations
 
 import logging
-import shutil
 from datetime import timedelta
 from pathlib import Path
 
@@ -217,10 +216,3 @@ def served_run(domain: Domain, kind: str) -> ModelRun | None:
     return ModelRun.objects.filter(domain=domain, kind=kind,
                                    state=ModelRun.State.PROMOTED).first()
 
-
-def delete_files(run: ModelRun) -> None:
-    """Remove a rejected or failed run's model files (its record and numbers stay)."""
-    if run.state in (ModelRun.State.PROMOTED, *ACTIVE):
-        raise RegistryError(f"Run {run.pk} is {run.state}; its files are in use.")
-    if run.model_dir:
-        shutil.rmtree(run.model_dir, ignore_errors=True)

@@ -30,7 +30,15 @@ from django.db import DatabaseError, transaction
 from django.db.models import F
 from django.utils import timezone
 
-from kms.store.models import Chunk, ChunkSet, Document, DocumentVersion, Domain, Status
+from kms.store.models import (
+    Chunk,
+    ChunkSet,
+    Document,
+    DocumentVersion,
+    Domain,
+    EmbeddingSpace,
+    Status,
+)
 from search.ingestion import signals, spaces
 from search.ingestion.chunking import chunk_document, load_tokenizer
 from search.ingestion.embedding import checked_model_path
@@ -199,13 +207,15 @@ def embed_pending(claim_size: int | None = None, time_budget: float = 60.0) -> t
 
 def finalize_chunk_sets(chunk_set_ids: Iterable[int]) -> list[int]:
     """Activate the building sets whose chunks all have vectors; returns their versions."""
-    complete = [
-        chunk_set.pk
-        for chunk_set in ChunkSet.objects.filter(
-            pk__in=list(chunk_set_ids), state=ChunkSet.State.BUILDING
-        ).select_related("version__document__domain")
-        if _has_all_vectors(chunk_set)
-    ]
+    building = ChunkSet.objects.filter(pk__in=list(chunk_set_ids),
+                                       state=ChunkSet.State.BUILDING)
+    complete = []
+    for domain in Domain.objects.filter(
+            pk__in=building.values("version__document__domain_id")):
+        wanted = spaces.wanted_spaces(domain)  # once per domain, not per set
+        complete += [chunk_set.pk for chunk_set in
+                     building.filter(version__document__domain=domain)
+                     if _has_all_vectors(chunk_set, wanted)]
     activated = [version_id for pk in complete if (version_id := activate(pk)) is not None]
     if activated:
         domain_ids = set(
@@ -217,14 +227,11 @@ def finalize_chunk_sets(chunk_set_ids: Iterable[int]) -> list[int]:
     return activated
 
 
-def _has_all_vectors(chunk_set: ChunkSet) -> bool:
-    """Every chunk of the set has a vector in every space its domain wants."""
+def _has_all_vectors(chunk_set: ChunkSet, wanted: list[EmbeddingSpace]) -> bool:
+    """Every chunk of the set has a vector in every space of ``wanted``."""
     chunks = Chunk.objects.filter(chunk_set=chunk_set)
-    if not chunks.exists():
-        return False
-    domain = chunk_set.version.document.domain
-    return not any(chunks.filter(spaces.lacking(space)).exists()
-                   for space in spaces.wanted_spaces(domain))
+    return chunks.exists() and not any(chunks.filter(spaces.lacking(space)).exists()
+                                       for space in wanted)
 
 
 def activate(chunk_set_id: int) -> int | None:
@@ -247,8 +254,8 @@ def activate(chunk_set_id: int) -> int | None:
         )
         if version is None or chunk_set is None or version.status != Status.PROCESSING:
             return None
-        chunk_set.version = version
-        if not _has_all_vectors(chunk_set):
+        wanted = spaces.wanted_spaces(Domain.objects.get(documents=version.document_id))
+        if not _has_all_vectors(chunk_set, wanted):
             return None  # re-chunked since it was found complete
         replaced = version.active_chunks_id
         if chunk_set.source == ChunkSet.Source.PARSE:

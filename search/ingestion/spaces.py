@@ -215,11 +215,9 @@ def fill(domain: Domain, *, claim_size: int, time_budget: float) -> tuple[int, b
     """Background work for one domain: served chunks lacking a vector of a wanted space
     (the next space during a switch; the served one after a roll back or a lost batch),
     then the switch once the next space is complete. Returns (vectors written, more)."""
-    domain.refresh_from_db(fields=["embedding_space", "next_space"])
-    total, more = embed_into(wanted_spaces(domain),
+    total, more = embed_into(wanted_spaces(domain),  # read fresh from the database
                              Chunk.objects.filter(SERVED_CHUNKS, domain=domain),
                              claim_size=claim_size, time_budget=time_budget)
-    domain.refresh_from_db(fields=["embedding_space", "next_space"])
     if not more:
         switch_if_complete(domain)
     return total, more
@@ -228,13 +226,12 @@ def fill(domain: Domain, *, claim_size: int, time_budget: float) -> tuple[int, b
 def domains_to_fill() -> list[Domain]:
     """Domains whose served chunks lack vectors of a wanted space, or whose target moved."""
     found = []
-    for domain in Domain.objects.select_related("embedding_space", "next_space"):
+    for domain in Domain.objects.all():
         if domain.embedding_space_id is None:
             continue  # nothing embedded yet: ingestion sets the space
         target = target_space(domain)
         if target.pk not in (domain.embedding_space_id, domain.next_space_id):
-            begin_switch(domain, target)
-            domain.refresh_from_db(fields=["embedding_space", "next_space"])
+            begin_switch(domain, target)  # wanted_spaces below reads the new next space
         if any(Chunk.objects.filter(SERVED_CHUNKS, domain=domain).filter(lacking(space))
                .exists() for space in wanted_spaces(domain)) or domain.next_space_id:
             found.append(domain)

@@ -38,11 +38,13 @@ def served_reranker(domain: Domain) -> Reranker | None:
     """The domain's promoted reranker with its serving options, or None."""
     run = ModelRun.objects.filter(domain=domain, kind=ModelRun.Kind.RERANKER,
                                   state=ModelRun.State.PROMOTED).first()
-    if run is None:
-        return None
+    return None if run is None else reranker_for(domain, run.pk, Path(run.model_dir))
+
+
+def reranker_for(domain: Domain, run_id: int, path: Path) -> Reranker:
+    """The model at ``path`` with the domain's serving options (depth, weight)."""
     options = domain.options.get("reranking", {}) if isinstance(domain.options, dict) else {}
-    return Reranker(run.pk, Path(run.model_dir),
-                    int(options.get("depth", settings.KMS_RERANK_DEPTH)),
+    return Reranker(run_id, path, int(options.get("depth", settings.KMS_RERANK_DEPTH)),
                     float(options.get("weight", settings.KMS_RERANK_WEIGHT)))
 
 
