@@ -84,6 +84,7 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "django_celery_beat",
     "kms",
     "kms.store",
     "search",
@@ -215,23 +216,20 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BROKER_TRANSPORT_OPTIONS = {
     "visibility_timeout": env_int("KMS_TASK_VISIBILITY_SECONDS", 3600)
 }
-CELERY_BEAT_SCHEDULE = {
-    "requeue-stalled-documents": {
-        "task": "search.ingestion.tasks.requeue_stalled",
-        "schedule": env_int("KMS_REQUEUE_EVERY_SECONDS", 300),
-    },
-    "fill-embedding-spaces": {
-        "task": "search.ingestion.tasks.fill_embedding_spaces",
-        "schedule": env_int("KMS_REEMBED_CHECK_EVERY_SECONDS", 300),
-    },
-    "tune-due-domains": {
-        "task": "tuning.tasks.tune_due_domains",
-        "schedule": env_int("KMS_TUNING_CHECK_EVERY_SECONDS", 3600),
-    },
-    "refresh-stale-bm25-indexes": {
-        "task": "search.retrieval.tasks.refresh_stale_bm25",
-        "schedule": env_int("KMS_BM25_CHECK_EVERY_SECONDS", 120),
-    },
+# Beat reads its schedule from the database (django-celery-beat), so it is edited in the admin
+# and survives a restart. These are the periodic tasks a new database starts with (seconds,
+# from the environment); an entry edited or disabled in the admin is never reset.
+CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+KMS_PERIODIC_TASKS = {
+    "requeue-stalled-documents": (
+        "search.ingestion.tasks.requeue_stalled", env_int("KMS_REQUEUE_EVERY_SECONDS", 300)),
+    "fill-embedding-spaces": (
+        "search.ingestion.tasks.fill_embedding_spaces",
+        env_int("KMS_REEMBED_CHECK_EVERY_SECONDS", 300)),
+    "tune-due-domains": (
+        "tuning.tasks.tune_due_domains", env_int("KMS_TUNING_CHECK_EVERY_SECONDS", 3600)),
+    "refresh-stale-bm25-indexes": (
+        "search.retrieval.tasks.refresh_stale_bm25", env_int("KMS_BM25_CHECK_EVERY_SECONDS", 120)),
 }
 
 # Ingestion
@@ -278,10 +276,14 @@ KMS_RRF_K = env_int("KMS_RRF_K", 60)
 KMS_FUSION_BM25_WEIGHT = env_float("KMS_FUSION_BM25_WEIGHT", 0.5)
 KMS_CANDIDATES = env_int("KMS_CANDIDATES", 100)
 KMS_MAX_QUERY_CHARS = env_int("KMS_MAX_QUERY_CHARS", 2000)
-# A domain's promoted reranker rescores this many fused documents; its score weighs this
-# much against the fused one (per domain: options {"reranking": {"depth", "weight"}}).
+# A domain's promoted reranker rescores this many fused documents. Its score's weight
+# against the fused one is chosen by the gate from KMS_RERANK_WEIGHTS on the held-out queries
+# and served with the run; KMS_RERANK_WEIGHT serves a run without one (per domain, both
+# pinned by options {"reranking": {"depth", "weight"}}).
 KMS_RERANK_DEPTH = env_int("KMS_RERANK_DEPTH", 20)
 KMS_RERANK_WEIGHT = env_float("KMS_RERANK_WEIGHT", 0.7)
+KMS_RERANK_WEIGHTS = tuple(
+    float(w) for w in env_list("KMS_RERANK_WEIGHTS", "0.1,0.2,0.3,0.5,0.7,1.0"))
 
 # Domain fine-tuning (tuning/): model files, the held-out share, the gate.
 KMS_MODELS_DIR = Path(os.environ.get("KMS_MODELS_DIR") or DATA_DIR / "models").resolve()

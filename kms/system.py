@@ -8,7 +8,6 @@ import socket
 import sys
 import time
 import urllib.request
-from pathlib import Path
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
@@ -17,7 +16,6 @@ from django.contrib.auth import get_user_model
 def service_commands(host: str, port: int, concurrency: int) -> dict[str, list[str]]:
     """The argv of each long-running process (the same ones docker/compose.yaml runs)."""
     python = sys.executable
-    data_dir: Path = settings.DATA_DIR
     return {
         "worker": [python, "-m", "celery", "-A", "kms", "worker", "--loglevel=INFO",
                    f"--concurrency={concurrency}", "--hostname=kms-worker@%h",
@@ -26,8 +24,8 @@ def service_commands(host: str, port: int, concurrency: int) -> dict[str, list[s
         "trainer": [python, "-m", "celery", "-A", "kms", "worker", "--loglevel=INFO",
                     "--concurrency=1", "--hostname=kms-trainer@%h",
                     f"--queues={settings.CELERY_TASK_DEFAULT_QUEUE}.models"],
-        "beat": [python, "-m", "celery", "-A", "kms", "beat", "--loglevel=INFO",
-                 f"--schedule={data_dir / 'celerybeat-schedule'}"],
+        # its schedule is in the database (django-celery-beat), edited in the admin
+        "beat": [python, "-m", "celery", "-A", "kms", "beat", "--loglevel=INFO"],
         "web": [python, "-m", "gunicorn", "kms.wsgi:application", f"--bind={host}:{port}",
                 "--workers=2", "--timeout=120", "--access-logfile=-"],
     }

@@ -18,6 +18,7 @@ from django.db import connection
 
 from kms.store.models import Chunk, ChunkVector, Domain, EmbeddingSpace, ModelRun
 from search.ingestion import embedding, spaces
+from search.ingestion.beir import DatasetError
 from search.ingestion.embedding import Embedder, checked_model_path, get_embedder
 from search.retrieval import index_store, reranking
 from search.retrieval.dense import dense_search
@@ -33,6 +34,7 @@ from tuning.data.pairs import (
     synthetic_pairs,
 )
 from tuning.params import EmbedderParams, RerankerParams
+from tuning.training.reranker import reranker_dataset
 
 TOPICS = {
     "sepsis": "Sepsis screening. Screen every adult with a suspected infection using NEWS2 "
@@ -115,6 +117,10 @@ def test_pairs_are_held_out_by_query_and_never_negatives_of_their_own_query() ->
     for pair in mined:
         own = {passages[d] for d in qrels[pair.group]}
         assert len(pair.negatives) == 2 and own.isdisjoint(pair.negatives)
+    # The reranker learns only from pairs with negatives: positives alone teach "relevant".
+    rows = reranker_dataset(mined[:2] + synthetic[:3], negatives_per_pair=1)
+    assert rows["label"] == [1.0, 0.0, 1.0, 0.0]
+    assert set(rows["query"]) == {pair.query for pair in mined[:2]}
 
 
 def test_training_parameters_are_checked_with_the_allowed_range() -> None:
@@ -173,7 +179,20 @@ def test_a_domain_without_pairs_says_what_to_add(domain: Domain, capsys) -> None
         call_command("finetune", "--domain", domain.slug, "--set", "learning_rate=5")
     with pytest.raises(CommandError, match="No such dataset directory"):
         call_command("finetune", "--domain", domain.slug, "--dataset", "/nonexistent")
+    with pytest.raises(CommandError, match="drop --dataset"):
+        call_command("finetune", "--domain", domain.slug, "--synthetic-only",
+                     "--dataset", "/nonexistent")
+    with pytest.raises(CommandError, match="not allowed with"):
+        call_command("finetune", "--domain", domain.slug, "--synthetic-only", "--no-synthetic")
     assert not ModelRun.objects.filter(state__in=registry.ACTIVE).exists()
+
+    # Label-free: a dataset named in the domain's options is not read at all.
+    domain.options = {"tuning": {"data": {"dataset_dir": "/nonexistent"}}}
+    with pytest.raises(DatasetError, match="No such dataset directory"):
+        cycle.collect(domain, cycle.DataOptions.for_domain(domain))
+    data = cycle.collect(domain, cycle.DataOptions.for_domain(domain, real_pairs=False))
+    assert set(data.counts["by_source"]) <= {"synthetic-title", "synthetic-sentence"} and data.train
+    assert data.counts["held_out_from"] == "synthetic"
 
 
 @pytest.mark.slow
@@ -285,6 +304,15 @@ def test_deleted_model_files_fall_back_to_the_last_good_model(tiny: Domain, sett
     reranker_run = cycle.run_cycle(cycle.new_run(tiny, "reranker", TINY_RERANKER),
                                    cycle.DataOptions())
     assert reranker_run.state == ModelRun.State.PROMOTED
+    # The gate chose the weight on the held-out queries; it is served with the run.
+    chosen = reranker_run.metrics["chosen"]
+    assert set(chosen["tried"]) == {f"{w:g}" for w in settings.KMS_RERANK_WEIGHTS}
+    best = max(chosen["tried"].values(), key=lambda m: m["ndcg@10"])["ndcg@10"]
+    assert reranker_run.metrics["candidate"]["ndcg@10"] == best
+    assert reranking.served_reranker(tiny).weight == chosen["weight"]
+    tiny.options = {**tiny.options, "reranking": {"weight": 0.25}}  # a domain pins it
+    assert reranking.served_reranker(tiny).weight == 0.25
+    assert reranking.weights_to_try(tiny) == (0.25,)
     shutil.rmtree(run.model_dir)
     shutil.rmtree(reranker_run.model_dir)
     embedding._embedders.clear()  # a fresh process: nothing loaded yet

@@ -14,9 +14,10 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
 from django.conf import settings
 
 from kms.access import Access, visible_documents
@@ -25,7 +26,7 @@ from search.ingestion import spaces
 from search.ingestion.beir import beir_prefix, read_split
 from search.ingestion.embedding import Embedder, passage_text
 from search.retrieval import reranking
-from search.retrieval.search import SearchError, search
+from search.retrieval.search import SearchError, rerank_passage, search
 from tuning import registry
 from tuning.data.negatives import mine_hard_negatives
 from tuning.data.pairs import TrainingPair, dataset_pairs, split_held_out, synthetic_pairs
@@ -52,6 +53,7 @@ class CycleError(ValueError):
 class DataOptions:
     dataset_dir: Path | None = None
     split: str = "train"
+    real_pairs: bool = True  # False: label-free, synthetic pairs only (even with a dataset)
     synthetic: bool = True
     synthetic_limit: int | None = None
     held_out: float = 0.2
@@ -98,20 +100,26 @@ def served_corpus(domain: Domain) -> dict[str, tuple[str, str, str]]:
 
 
 def collect(domain: Domain, options: DataOptions, *, negatives: int = 0,
+            mine_synthetic: bool = False,
             on_stage: Callable[[str], None] | None = None) -> DomainData:
     """The domain's pairs: held out by query (real queries when there are any, else
-    synthetic ones), the rest for training, with ``negatives`` mined per training pair."""
+    synthetic ones), the rest for training, with ``negatives`` mined per training pair:
+    for the real pairs, and for up to ``KMS_TUNING_MINE_LIMIT`` synthetic ones when there
+    are no real pairs or ``mine_synthetic`` asks (a reranker learns only from pairs that
+    have negatives; an embedder also has the batch's other passages)."""
     say = on_stage or (lambda _: None)
     corpus = served_corpus(domain)
     if not corpus:
         raise CycleError(f"Domain {domain.slug} has no served documents to train on.")
     passages = {key: passage_text(title, "", text) for key, (_, title, text) in corpus.items()}
-    real, real_qrels = _dataset_pairs(options, corpus, passages)
+    real, real_qrels = _dataset_pairs(options, corpus, passages) if options.real_pairs else ([], {})
     synthetic = []
     if options.synthetic:
         synthetic = synthetic_pairs(
             [(key, title, text) for key, (_, title, text) in corpus.items()],
             seed=options.seed, limit=options.synthetic_limit)
+    if not options.real_pairs and not options.synthetic:
+        raise CycleError("Synthetic pairs only, and no synthetic pairs: allow one or the other.")
     if not real and not synthetic:
         raise CycleError(
             f"No training pairs for {domain.slug}: give a dataset (--dataset DIR, BEIR "
@@ -130,7 +138,8 @@ def collect(domain: Domain, options: DataOptions, *, negatives: int = 0,
     if not train:
         raise CycleError(f"Every pair of {domain.slug} is held out; add pairs.")
     if negatives:
-        train = _with_negatives(domain, train, passages, real_qrels, negatives, options, say)
+        train = _with_negatives(domain, train, passages, real_qrels, negatives, options,
+                                mine_synthetic, say)
     counts = {
         "documents": len(corpus),
         "train_pairs": len(train),
@@ -144,18 +153,19 @@ def collect(domain: Domain, options: DataOptions, *, negatives: int = 0,
 
 def _with_negatives(domain: Domain, train: list[TrainingPair], passages: dict[str, str],
                     real_qrels: dict, negatives: int, options: DataOptions,
-                    say: Callable[[str], None]) -> list[TrainingPair]:
-    """Hard negatives from the served retriever for the real pairs (or, without any, for
-    up to ``KMS_TUNING_MINE_LIMIT`` synthetic ones): one search per query."""
+                    mine_synthetic: bool, say: Callable[[str], None]) -> list[TrainingPair]:
+    """Hard negatives from the served retriever (one search per query) for the real pairs
+    and, when asked or without real pairs, up to ``KMS_TUNING_MINE_LIMIT`` synthetic ones."""
     real = [pair for pair in train if pair.source in REAL_SOURCES]
     rest = [pair for pair in train if pair.source not in REAL_SOURCES]
-    if real:
-        chosen, kept = real, rest
+    chosen, kept = list(real), []
+    if real and not mine_synthetic:
+        kept = rest
     else:
         order = list(range(len(rest)))
         random.Random(options.seed).shuffle(order)
         picked = set(order[:settings.KMS_TUNING_MINE_LIMIT])
-        chosen = [pair for i, pair in enumerate(rest) if i in picked]
+        chosen += [pair for i, pair in enumerate(rest) if i in picked]
         kept = [pair for i, pair in enumerate(rest) if i not in picked]
     say(f"Mining hard negatives for {len(chosen)} pairs with the served retriever")
     relevant = {pair.group: set(real_qrels.get(pair.group, {})) | {pair.group}
@@ -228,7 +238,7 @@ def _train_and_judge(run: ModelRun, options: DataOptions, on_step: OnStep | None
     embedder = run.kind == ModelRun.Kind.EMBEDDER
     params = (EmbedderParams if embedder else RerankerParams).from_options(run.params)
     data = collect(domain, options, negatives=params.hard_negatives if embedder
-                   else params.negatives_per_pair, on_stage=say)
+                   else params.negatives_per_pair, mine_synthetic=not embedder, on_stage=say)
     output = registry.run_directory(run)
 
     def step(done: int, total: int, loss: float | None) -> None:
@@ -240,7 +250,7 @@ def _train_and_judge(run: ModelRun, options: DataOptions, on_step: OnStep | None
     started = time.perf_counter()
     train = train_embedder if embedder else train_reranker
     result = train(Path(run.base_model), data.train, params, output, step)
-    counts = {**data.counts, "steps": result.steps,
+    counts = {**data.counts, "train_pairs": result.train_pairs, "steps": result.steps,
               "training_seconds": round(time.perf_counter() - started, 1)}
     say(f"Judging it on {len(data.held_out_queries)} held-out queries")
     gate = (_gate_embedder if embedder else _gate_reranker)(run, data, output)
@@ -276,16 +286,44 @@ def _gate_embedder(run: ModelRun, data: DomainData, output: Path) -> GateResult:
 
 def _gate_reranker(run: ModelRun, data: DomainData, output: Path) -> GateResult:
     """Served search (with the served reranker, if any) against the same search reranked
-    by the candidate, on the held-out queries over the whole domain."""
-    candidate = reranking.reranker_for(run.domain, run.pk, output)  # as it would be served
-    candidate_scores = scores(data.held_out_queries, data.held_out_qrels,
-                              lambda q: _ranking(run.domain, q, 100, candidate))
+    by the candidate, on the held-out queries over the whole domain. The candidate's weight
+    against the fused score is the best of ``weights_to_try`` on those queries, so a
+    reranker that is only good at breaking ties gets a small say; it is served with it."""
+    domain = run.domain
+    candidate = reranking.reranker_for(domain, run.pk, output)  # as it would be served
+    weights = reranking.weights_to_try(domain)
+    blended = {query: _blends(domain, query, candidate, weights)
+               for query in data.held_out_queries.values()}
+    tried = {weight: scores(data.held_out_queries, data.held_out_qrels,
+                            lambda q, weight=weight: blended[q][weight]) for weight in weights}
+    best = max(weights, key=lambda weight: (tried[weight]["ndcg@10"], -weight))
     served_scores = scores(data.held_out_queries, data.held_out_qrels,
-                           lambda q: _ranking(run.domain, q, 100, True))
-    result = decide(candidate_scores, served_scores, margin(run.domain),
-                    len(data.held_out_queries))
-    logger.info("Gate for %s: %s", run, result.reason)
+                           lambda q: _ranking(domain, q, 100, True))
+    result = decide(tried[best], served_scores, margin(domain), len(data.held_out_queries))
+    result = replace(result, chosen={"weight": best, "depth": candidate.depth,
+                                     "tried": {f"{w:g}": tried[w] for w in weights}})
+    logger.info("Gate for %s: %s (weight %s)", run, result.reason, best)
     return result
+
+
+def _blends(domain: Domain, query: str, reranker: reranking.Reranker,
+            weights: tuple[float, ...]) -> dict[float, dict[str, float]]:
+    """Served fused search reranked at each weight, scoring its top documents once."""
+    try:
+        hits = search(query, domain=domain, access=TRAINING, k=100, rerank=False,
+                      chunks_per_document=1).documents
+    except SearchError:
+        return {weight: {} for weight in weights}
+    head, tail = hits[:reranker.depth], hits[reranker.depth:]
+    model = reranking.rerank_scores(reranker, query, [rerank_passage(hit) for hit in head])
+    fused = np.asarray([hit.score for hit in head], dtype=np.float64)
+    rankings = {}
+    for weight in weights:
+        order = np.argsort(-reranking.combined(model, fused, weight), kind="stable")
+        ranked = [head[i] for i in order] + tail
+        rankings[weight] = {str(hit.document_id): float(len(ranked) - n)
+                            for n, hit in enumerate(ranked)}
+    return rankings
 
 
 def stored_options(run: ModelRun) -> dict:

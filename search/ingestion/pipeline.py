@@ -344,14 +344,20 @@ def rebuild_vectors(version_ids: Iterable[int]) -> int:
     return count
 
 
-def stalled_versions(older_than_seconds: int) -> list[int]:
-    """Versions still open long after they were queued: their task was lost."""
+def claim_stalled_versions(older_than_seconds: int) -> list[int]:
+    """Versions still open long after they were queued (their task was lost), claimed for
+    the caller: their ``queued_at`` restarts in the same transaction, and rows another caller
+    is claiming are skipped, so two beats or overlapping runs never send one version twice."""
     cutoff = timezone.now() - timedelta(seconds=older_than_seconds)
-    return list(
-        DocumentVersion.objects.filter(status__in=OPEN_STATES, queued_at__lt=cutoff)
-        .order_by("pk")
-        .values_list("pk", flat=True)
-    )
+    with transaction.atomic():
+        version_ids = list(
+            DocumentVersion.objects.select_for_update(skip_locked=True)
+            .filter(status__in=OPEN_STATES, queued_at__lt=cutoff)
+            .order_by("pk")
+            .values_list("pk", flat=True)
+        )
+        mark_queued(version_ids)
+    return version_ids
 
 
 def chunks_waiting() -> bool:
@@ -502,5 +508,5 @@ __all__ = [
     "parse_versions",
     "rebuild_vectors",
     "reset_versions",
-    "stalled_versions",
+    "claim_stalled_versions",
 ]

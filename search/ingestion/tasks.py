@@ -94,7 +94,7 @@ def requeue_stalled() -> int:
     """Periodic: re-send versions left pending/processing (lost messages, dead brokers)."""
     if _queue_length() > 0:
         return 0  # work is still waiting: those versions are late, not lost
-    version_ids = pipeline.stalled_versions(settings.KMS_STALLED_AFTER_SECONDS)
+    version_ids = pipeline.claim_stalled_versions(settings.KMS_STALLED_AFTER_SECONDS)
     if version_ids:
         logger.warning("Re-queueing %d stalled versions, one task each", len(version_ids))
         for version_id in version_ids:  # one failure unit each: a killer takes down no other

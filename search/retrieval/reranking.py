@@ -38,14 +38,32 @@ def served_reranker(domain: Domain) -> Reranker | None:
     """The domain's promoted reranker with its serving options, or None."""
     run = ModelRun.objects.filter(domain=domain, kind=ModelRun.Kind.RERANKER,
                                   state=ModelRun.State.PROMOTED).first()
-    return None if run is None else reranker_for(domain, run.pk, Path(run.model_dir))
+    if run is None:
+        return None
+    chosen = run.metrics.get("chosen", {}) if isinstance(run.metrics, dict) else {}
+    return reranker_for(domain, run.pk, Path(run.model_dir), chosen.get("weight"))
 
 
-def reranker_for(domain: Domain, run_id: int, path: Path) -> Reranker:
-    """The model at ``path`` with the domain's serving options (depth, weight)."""
-    options = domain.options.get("reranking", {}) if isinstance(domain.options, dict) else {}
+def reranker_for(domain: Domain, run_id: int, path: Path,
+                 weight: float | None = None) -> Reranker:
+    """The model at ``path`` with the domain's serving options: its depth, and the weight
+    the domain pins, else ``weight`` (the one its gate chose), else the default."""
+    options = _options(domain)
+    if "weight" in options:
+        weight = options["weight"]
     return Reranker(run_id, path, int(options.get("depth", settings.KMS_RERANK_DEPTH)),
-                    float(options.get("weight", settings.KMS_RERANK_WEIGHT)))
+                    float(settings.KMS_RERANK_WEIGHT if weight is None else weight))
+
+
+def weights_to_try(domain: Domain) -> tuple[float, ...]:
+    """The weights a gate chooses from: the domain's pinned one, or KMS_RERANK_WEIGHTS."""
+    options = _options(domain)
+    return (float(options["weight"]),) if "weight" in options else settings.KMS_RERANK_WEIGHTS
+
+
+def _options(domain: Domain) -> dict:
+    options = domain.options.get("reranking", {}) if isinstance(domain.options, dict) else {}
+    return options if isinstance(options, dict) else {}
 
 
 _lock = threading.Lock()

@@ -226,15 +226,17 @@ def _reranked(reranker: reranking.Reranker, query: str,
     head, tail = hits[:reranker.depth], hits[reranker.depth:]
     if len(head) < 2:
         return hits
-    order = reranking.rerank(
-        reranker, query,
-        [passage_text(hit.title, hit.chunks[0].heading, hit.chunks[0].text) for hit in head],
-        [hit.score for hit in head],
-    )
+    order = reranking.rerank(reranker, query, [rerank_passage(hit) for hit in head],
+                             [hit.score for hit in head])
     for item in order:
         head[item.position].rerank = RankInfo(item.rank, item.rerank_score)
         head[item.position].score = item.score
     return [head[item.position] for item in order] + tail
+
+
+def rerank_passage(hit: DocumentHit) -> str:
+    """What a reranker reads of a document: its best chunk with its title, as embedded."""
+    return passage_text(hit.title, hit.chunks[0].heading, hit.chunks[0].text)
 
 
 @contextlib.contextmanager

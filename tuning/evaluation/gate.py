@@ -10,7 +10,7 @@ documents, so it cannot lift Recall@100; an embedder that trades recall for prec
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 from ranx import Qrels, Run, evaluate
@@ -29,6 +29,7 @@ class GateResult:
     queries: int
     passed: bool
     reason: str
+    chosen: dict = field(default_factory=dict)  # serving options the gate chose, if any
 
     def as_dict(self) -> dict:
         return asdict(self)

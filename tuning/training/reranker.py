@@ -66,15 +66,18 @@ def train_reranker(
         steps=state.global_step,
         seconds=round(time.perf_counter() - started, 2),
         loss_curve=progress.loss_curve,
-        train_pairs=len(pairs),
+        train_pairs=sum(1 for label in dataset["label"] if label),
     )
 
 
 def reranker_dataset(pairs: list[TrainingPair], negatives_per_pair: int) -> Dataset:
     """Rows (query, passage, label): 1.0 for each pair's positive, 0.0 for each of its first
-    ``negatives_per_pair`` negatives."""
+    ``negatives_per_pair`` negatives. Pairs without mined negatives are left out: alone,
+    their positives would only teach the model that every passage is relevant."""
     columns: dict[str, list] = {"query": [], "passage": [], "label": []}
     for pair in pairs:
+        if negatives_per_pair and not pair.negatives:
+            continue
         rows = [(pair.positive, 1.0)] + [(n, 0.0) for n in pair.negatives[:negatives_per_pair]]
         for passage, label in rows:
             columns["query"].append(pair.query)

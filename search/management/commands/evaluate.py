@@ -41,6 +41,9 @@ class Command(BaseCommand):
         parser.add_argument("--rerank-depths", type=_depths, default=[],
                             help="With a promoted reranker: also hybrid reranked at each of "
                                  "these depths, e.g. 10,20,30 (default: its served depth).")
+        parser.add_argument("--rerank-weights", type=_weights, default=[],
+                            help="With --rerank-depths: also each of these reranker weights "
+                                 "against the fused score, e.g. 0.3,0.7,1 (default: served).")
         parser.add_argument("--tune", action="store_true",
                             help="Grid-search RRF k and the BM25 weight on --split.")
 
@@ -104,8 +107,11 @@ class Command(BaseCommand):
             (mode, mode, False) for mode in modes]
         served = reranking.served_reranker(Domain.objects.get(slug=report["domain"]))
         if "hybrid" in modes and served is not None:  # the promoted reranker, beside
+            weights = options["rerank_weights"]
             for depth in options["rerank_depths"] or [served.depth]:
-                runs.append((f"hybrid+rerank@{depth}", "hybrid", replace(served, depth=depth)))
+                for weight in weights or [served.weight]:
+                    label = f"hybrid+rerank@{depth}" + (f" w={weight:g}" if weights else "")
+                    runs.append((label, "hybrid", replace(served, depth=depth, weight=weight)))
         for label, mode, rerank in runs:
             with tqdm(total=len(queries), desc=f"{label:>6}", unit="q", mininterval=1) as bar:
                 result = evaluation.run_queries(
@@ -233,6 +239,16 @@ def _depths(value: str) -> list[int]:
     if not depths or any(not 2 <= d <= 200 for d in depths):
         raise CommandError("Each rerank depth must be between 2 and 200.")
     return depths
+
+
+def _weights(value: str) -> list[float]:
+    try:
+        weights = [float(part) for part in value.split(",") if part.strip()]
+    except ValueError:
+        raise CommandError(f"--rerank-weights takes numbers like 0.3,0.7; got {value!r}.") from None
+    if not weights or any(not 0.0 <= w <= 1.0 for w in weights):
+        raise CommandError("Each rerank weight must be between 0 and 1.")
+    return weights
 
 
 def _table(rows: dict[str, dict], best: str | None = None) -> str:

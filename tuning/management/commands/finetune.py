@@ -31,8 +31,12 @@ class Command(BaseCommand):
                             help="A BEIR-layout directory whose corpus was imported with "
                                  "import_beir into this domain: its queries and qrels.")
         parser.add_argument("--split", default="train", help="Its qrels split (default train).")
-        parser.add_argument("--no-synthetic", action="store_true",
-                            help="Only dataset pairs (no pairs made from the documents).")
+        pairs = parser.add_mutually_exclusive_group()
+        pairs.add_argument("--no-synthetic", action="store_true",
+                           help="Only dataset pairs (no pairs made from the documents).")
+        pairs.add_argument("--synthetic-only", action="store_true",
+                           help="Label-free: only pairs made from the documents, even where "
+                                "the domain's options name a dataset.")
         parser.add_argument("--synthetic-limit", type=int, help="At most this many synthetic "
                             "pairs (default KMS_TUNING_SYNTHETIC_LIMIT).")
         parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
@@ -44,10 +48,13 @@ class Command(BaseCommand):
     def handle(self, *args, **options) -> None:
         domain = domain_or_error(options["domain"])
         params = dict(_parameter(item) for item in options["set"])
+        if options["synthetic_only"] and options["dataset"]:
+            raise CommandError("--synthetic-only trains without a dataset; drop --dataset.")
         try:
             data = cycle.DataOptions.for_domain(
                 domain, dataset_dir=options["dataset"], split=options["split"],
                 synthetic=False if options["no_synthetic"] else None,
+                real_pairs=False if options["synthetic_only"] else None,
                 synthetic_limit=options["synthetic_limit"])
             run = cycle.new_run(domain, options["model"], params, data)
         except (ValueError, registry.RegistryError) as exc:
@@ -95,6 +102,12 @@ class Command(BaseCommand):
                 f"{gate['candidate']['recall@100']:.4f}; served "
                 f"{gate['served']['ndcg@10']:.4f} / {gate['served']['recall@100']:.4f} "
                 f"(margin {gate['margin']}). {gate['reason']}")
+            chosen = gate.get("chosen") or {}
+            if "weight" in chosen:
+                tried = ", ".join(f"{w}: {m['ndcg@10']:.4f}"
+                                  for w, m in chosen.get("tried", {}).items())
+                self.stdout.write(f"Reranker weight {chosen['weight']:g} at depth "
+                                  f"{chosen.get('depth')} (nDCG@10 by weight: {tried}).")
         style = self.style.SUCCESS if run.state == ModelRun.State.PROMOTED else self.style.WARNING
         self.stdout.write(style(f"Run {run.pk} is {run.get_state_display().lower()}"
                                 f"{': ' + run.message.rstrip('.') if run.message else ''}."))
