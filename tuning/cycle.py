@@ -17,7 +17,6 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-import numpy as np
 from django.conf import settings
 
 from kms.access import Access, visible_documents
@@ -158,7 +157,7 @@ def _with_negatives(domain: Domain, train: list[TrainingPair], passages: dict[st
     and, when asked or without real pairs, up to ``KMS_TUNING_MINE_LIMIT`` synthetic ones."""
     real = [pair for pair in train if pair.source in REAL_SOURCES]
     rest = [pair for pair in train if pair.source not in REAL_SOURCES]
-    chosen, kept = list(real), []
+    chosen = list(real)
     if real and not mine_synthetic:
         kept = rest
     else:
@@ -316,11 +315,10 @@ def _blends(domain: Domain, query: str, reranker: reranking.Reranker,
         return {weight: {} for weight in weights}
     head, tail = hits[:reranker.depth], hits[reranker.depth:]
     model = reranking.rerank_scores(reranker, query, [rerank_passage(hit) for hit in head])
-    fused = np.asarray([hit.score for hit in head], dtype=np.float64)
+    fused = [hit.score for hit in head]
     rankings = {}
     for weight in weights:
-        order = np.argsort(-reranking.combined(model, fused, weight), kind="stable")
-        ranked = [head[i] for i in order] + tail
+        ranked = [head[item.position] for item in reranking.reorder(model, fused, weight)] + tail
         rankings[weight] = {str(hit.document_id): float(len(ranked) - n)
                             for n, hit in enumerate(ranked)}
     return rankings

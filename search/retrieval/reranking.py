@@ -96,8 +96,13 @@ class Reranked:
 def rerank(reranker: Reranker, query: str, passages: list[str],
            fused: list[float]) -> list[Reranked]:
     """The passages (best fused first) reordered by the reranker blended with fusion."""
-    scores = rerank_scores(reranker, query, passages)
-    final = combined(scores, np.asarray(fused, dtype=np.float64), reranker.weight)
+    return reorder(rerank_scores(reranker, query, passages), fused, reranker.weight)
+
+
+def reorder(scores: np.ndarray, fused: list[float], weight: float) -> list[Reranked]:
+    """Passages in the order of their reranker ``scores`` blended with ``fused`` at
+    ``weight``: scored once, a list can be reordered at several weights."""
+    final = combined(scores, np.asarray(fused, dtype=np.float64), weight)
     by_reranker = {int(i): rank for rank, i in enumerate(np.argsort(-scores, kind="stable"), 1)}
     order = np.argsort(-final, kind="stable")
     return [Reranked(int(i), by_reranker[int(i)], float(scores[i]), float(final[i]))

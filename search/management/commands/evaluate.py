@@ -231,24 +231,21 @@ def _fusion_label(fusion: FusionOptions) -> str:
     return f"weighted bm25_weight={fusion.bm25_weight:g}"
 
 
-def _depths(value: str) -> list[int]:
-    try:
-        depths = [int(part) for part in value.split(",") if part.strip()]
-    except ValueError:
-        raise CommandError(f"--rerank-depths takes numbers like 10,20,30; got {value!r}.") from None
-    if not depths or any(not 2 <= d <= 200 for d in depths):
-        raise CommandError("Each rerank depth must be between 2 and 200.")
-    return depths
+def _numbers(convert: type, flag: str, what: str, example: str, low: float, high: float):
+    """An argparse type for a comma-separated list of numbers, each in [low, high]."""
+    def parse(value: str) -> list:
+        try:
+            numbers = [convert(part) for part in value.split(",") if part.strip()]
+        except ValueError:
+            raise CommandError(f"{flag} takes numbers like {example}; got {value!r}.") from None
+        if not numbers or any(not low <= n <= high for n in numbers):
+            raise CommandError(f"Each {what} must be between {low:g} and {high:g}.")
+        return numbers
+    return parse
 
 
-def _weights(value: str) -> list[float]:
-    try:
-        weights = [float(part) for part in value.split(",") if part.strip()]
-    except ValueError:
-        raise CommandError(f"--rerank-weights takes numbers like 0.3,0.7; got {value!r}.") from None
-    if not weights or any(not 0.0 <= w <= 1.0 for w in weights):
-        raise CommandError("Each rerank weight must be between 0 and 1.")
-    return weights
+_depths = _numbers(int, "--rerank-depths", "rerank depth", "10,20,30", 2, 200)
+_weights = _numbers(float, "--rerank-weights", "rerank weight", "0.3,0.7", 0.0, 1.0)
 
 
 def _table(rows: dict[str, dict], best: str | None = None) -> str:
