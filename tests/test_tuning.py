@@ -26,7 +26,7 @@ from search.retrieval.search import search
 from tests.conftest import OPERATOR
 from tests.test_pipeline import ingest
 from tuning import cycle, registry
-from tuning.data.negatives import mine_hard_negatives
+from tuning.data.negatives import mine_negatives
 from tuning.data.pairs import (
     dataset_pairs,
     positives_from_qrels,
@@ -70,7 +70,7 @@ TOPICS = {
 }
 TINY = {"batch_size": 4, "max_steps": 3, "max_seq_length": 64, "hard_negatives": 1,
         "warmup_ratio": 0.0}
-TINY_RERANKER = {"batch_size": 4, "max_steps": 3, "max_length": 96, "negatives_per_pair": 1,
+TINY_RERANKER = {"batch_size": 4, "max_steps": 3, "max_length": 96, "hard_negatives": 1,
                  "warmup_ratio": 0.0}
 
 
@@ -112,11 +112,28 @@ def test_pairs_are_held_out_by_query_and_never_negatives_of_their_own_query() ->
     train, held = split_held_out(real, 0.34, seed=3)
     assert {p.group for p in train}.isdisjoint({p.group for p in held}) and held
     assert split_held_out(list(reversed(real)), 0.34, seed=3)[1] == held
-    mined = mine_hard_negatives(real, lambda _: list(passages), passages, per_pair=2,
-                                positives_of=positives_from_qrels(qrels))
+    ranked = list(passages)
+    mined = mine_negatives(real, lambda _: ranked, passages, hard=1, random=1,
+                           positives_of=positives_from_qrels(qrels))
     for pair in mined:
         own = {passages[d] for d in qrels[pair.group]}
-        assert len(pair.negatives) == 2 and own.isdisjoint(pair.negatives)
+        assert len(set(pair.negatives)) == 2 and own.isdisjoint(pair.negatives)
+        first_ranked = next(passages[d] for d in ranked if d not in qrels[pair.group])
+        assert pair.negatives[0] == first_ranked  # the hard one first, in the retriever's order
+    assert mine_negatives(real, lambda _: ranked, passages, hard=1, random=1, seed=7,
+                          positives_of=positives_from_qrels(qrels))[0].negatives[0] \
+        == mined[0].negatives[0]
+
+    def never(_: str) -> list[str]:
+        raise AssertionError("random negatives need no retrieval")
+
+    drawn = mine_negatives(real, never, passages, hard=0, random=2,
+                           positives_of=positives_from_qrels(qrels))
+    assert all(len(pair.negatives) == 2 for pair in drawn)
+    for pair in drawn:
+        assert {passages[d] for d in qrels[pair.group]}.isdisjoint(pair.negatives)
+    with pytest.raises(ValueError, match="hard_negatives \\+ random_negatives"):
+        RerankerParams.from_options({"hard_negatives": 0, "random_negatives": 0})
     # The reranker learns only from pairs with negatives: positives alone teach "relevant".
     rows = reranker_dataset(mined[:2] + synthetic[:3], negatives_per_pair=1)
     assert rows["label"] == [1.0, 0.0, 1.0, 0.0]
@@ -124,7 +141,7 @@ def test_pairs_are_held_out_by_query_and_never_negatives_of_their_own_query() ->
 
 
 def test_training_parameters_are_checked_with_the_allowed_range() -> None:
-    assert EmbedderParams.from_options({"epochs": 2}).as_dict()["epochs"] == 2
+    assert EmbedderParams.from_options({"epochs": 3}).as_dict()["epochs"] == 3
     with pytest.raises(ValueError, match="learning_rate"):
         EmbedderParams.from_options({"learning_rate": 3})
     with pytest.raises(ValueError, match="warmpu"):

@@ -27,7 +27,7 @@ from search.ingestion.embedding import Embedder, passage_text
 from search.retrieval import reranking
 from search.retrieval.search import SearchError, rerank_passage, search
 from tuning import registry
-from tuning.data.negatives import mine_hard_negatives
+from tuning.data.negatives import mine_negatives
 from tuning.data.pairs import TrainingPair, dataset_pairs, split_held_out, synthetic_pairs
 from tuning.evaluation.gate import GateResult, decide, dense_ranker, scores
 from tuning.params import EmbedderParams, RerankerParams
@@ -98,14 +98,15 @@ def served_corpus(domain: Domain) -> dict[str, tuple[str, str, str]]:
     return {str(pk): (source, title, text) for pk, source, title, text in rows if text}
 
 
-def collect(domain: Domain, options: DataOptions, *, negatives: int = 0,
-            mine_synthetic: bool = False,
+def collect(domain: Domain, options: DataOptions, *, hard_negatives: int = 0,
+            random_negatives: int = 0, mine_synthetic: bool = False,
             on_stage: Callable[[str], None] | None = None) -> DomainData:
     """The domain's pairs: held out by query (real queries when there are any, else
-    synthetic ones), the rest for training, with ``negatives`` mined per training pair:
-    for the real pairs, and for up to ``KMS_TUNING_MINE_LIMIT`` synthetic ones when there
-    are no real pairs or ``mine_synthetic`` asks (a reranker learns only from pairs that
-    have negatives; an embedder also has the batch's other passages)."""
+    synthetic ones), the rest for training, with ``hard_negatives`` mined and
+    ``random_negatives`` drawn per training pair: for the real pairs, and for up to
+    ``KMS_TUNING_MINE_LIMIT`` synthetic ones when there are no real pairs or
+    ``mine_synthetic`` asks (a reranker learns only from pairs that have negatives; an
+    embedder also has the batch's other passages)."""
     say = on_stage or (lambda _: None)
     corpus = served_corpus(domain)
     if not corpus:
@@ -136,9 +137,9 @@ def collect(domain: Domain, options: DataOptions, *, negatives: int = 0,
         held_from = "synthetic"
     if not train:
         raise CycleError(f"Every pair of {domain.slug} is held out; add pairs.")
-    if negatives:
-        train = _with_negatives(domain, train, passages, real_qrels, negatives, options,
-                                mine_synthetic, say)
+    if hard_negatives or random_negatives:
+        train = _with_negatives(domain, train, passages, real_qrels,
+                                (hard_negatives, random_negatives), options, mine_synthetic, say)
     counts = {
         "documents": len(corpus),
         "train_pairs": len(train),
@@ -151,10 +152,11 @@ def collect(domain: Domain, options: DataOptions, *, negatives: int = 0,
 
 
 def _with_negatives(domain: Domain, train: list[TrainingPair], passages: dict[str, str],
-                    real_qrels: dict, negatives: int, options: DataOptions,
+                    real_qrels: dict, negatives: tuple[int, int], options: DataOptions,
                     mine_synthetic: bool, say: Callable[[str], None]) -> list[TrainingPair]:
-    """Hard negatives from the served retriever (one search per query) for the real pairs
-    and, when asked or without real pairs, up to ``KMS_TUNING_MINE_LIMIT`` synthetic ones."""
+    """``negatives`` (hard, random) per pair: hard ones from the served retriever (one search
+    per query), for the real pairs and, when asked or without real pairs, up to
+    ``KMS_TUNING_MINE_LIMIT`` synthetic ones."""
     real = [pair for pair in train if pair.source in REAL_SOURCES]
     rest = [pair for pair in train if pair.source not in REAL_SOURCES]
     chosen = list(real)
@@ -166,12 +168,14 @@ def _with_negatives(domain: Domain, train: list[TrainingPair], passages: dict[st
         picked = set(order[:settings.KMS_TUNING_MINE_LIMIT])
         chosen += [pair for i, pair in enumerate(rest) if i in picked]
         kept = [pair for i, pair in enumerate(rest) if i not in picked]
-    say(f"Mining hard negatives for {len(chosen)} pairs with the served retriever")
+    hard, drawn = negatives
+    say(f"Mining negatives for {len(chosen)} pairs ({hard} from the served retriever, "
+        f"{drawn} at random)")
     relevant = {pair.group: set(real_qrels.get(pair.group, {})) | {pair.group}
                 for pair in chosen}
-    mined = mine_hard_negatives(
-        chosen, lambda query: _retrieve(domain, query), passages, per_pair=negatives,
-        positives_of=lambda pair: relevant.get(pair.group, set()))
+    mined = mine_negatives(
+        chosen, lambda query: _retrieve(domain, query), passages, hard=hard, random=drawn,
+        seed=options.seed, positives_of=lambda pair: relevant.get(pair.group, set()))
     return mined + kept
 
 
@@ -236,8 +240,9 @@ def _train_and_judge(run: ModelRun, options: DataOptions, on_step: OnStep | None
     domain = run.domain
     embedder = run.kind == ModelRun.Kind.EMBEDDER
     params = (EmbedderParams if embedder else RerankerParams).from_options(run.params)
-    data = collect(domain, options, negatives=params.hard_negatives if embedder
-                   else params.negatives_per_pair, mine_synthetic=not embedder, on_stage=say)
+    data = collect(domain, options, hard_negatives=params.hard_negatives,
+                   random_negatives=0 if embedder else params.random_negatives,
+                   mine_synthetic=not embedder, on_stage=say)
     output = registry.run_directory(run)
 
     def step(done: int, total: int, loss: float | None) -> None:

@@ -27,5 +27,5 @@ def reranker_loss(model: CrossEncoder, params: RerankerParams) -> nn.Module:
     """Binary cross-entropy on (query, passage, 1/0); positives are weighted by the negatives
     per pair, so the rare positive class is not drowned out (the sentence-transformers
     reranker recipe)."""
-    weight = torch.tensor(float(max(params.negatives_per_pair, 1)))
+    weight = torch.tensor(float(max(params.negatives, 1)))
     return BinaryCrossEntropyLoss(model, pos_weight=weight)

@@ -91,7 +91,8 @@ class EmbedderParams(_Params):
 
     learning_rate: float = _option(5e-5, _number(0.0, 1e-3, low_open=True))
     batch_size: int = _option(32, _number(2, 4096, integer=True))
-    epochs: int = _option(1, _number(1, 20, integer=True))
+    # SciFact, 1,342 pairs: a second epoch took the held-out gain from +1.0 to +4.6 nDCG@10.
+    epochs: int = _option(2, _number(1, 20, integer=True))
     warmup_ratio: float = _option(0.1, _number(0.0, 0.5))
     scheduler: str = _option("linear", _choice(SCHEDULERS))
     # Training truncation only (the saved model keeps the base model's length): 128 tokens
@@ -113,15 +114,28 @@ class EmbedderParams(_Params):
 class RerankerParams(_Params):
     """How the cross-encoder reranker is trained (binary cross-entropy on labelled pairs)."""
 
-    learning_rate: float = _option(5e-5, _number(0.0, 1e-3, low_open=True))
+    # Measured on SciFact's held-out queries: 1e-4 for 2 epochs with one hard and one random
+    # negative learns (+1.4 nDCG@10); 5e-5 for 1 epoch with two hard ones stays at chance.
+    learning_rate: float = _option(1e-4, _number(0.0, 1e-3, low_open=True))
     batch_size: int = _option(16, _number(1, 1024, integer=True))
-    epochs: int = _option(1, _number(1, 20, integer=True))
+    epochs: int = _option(2, _number(1, 20, integer=True))
     warmup_ratio: float = _option(0.1, _number(0.0, 0.5))
     # Also the serving length: each pair costs ~85 ms at 128 tokens on 2 CPU cores.
     max_length: int = _option(128, _number(16, 512, integer=True))
-    negatives_per_pair: int = _option(2, _number(0, 32, integer=True))
+    hard_negatives: int = _option(1, _number(0, 32, integer=True))
+    random_negatives: int = _option(1, _number(0, 32, integer=True))
     max_steps: int | None = _option(None, _optional(_number(1, 1_000_000, integer=True)))
     seed: int = _option(13, _number(0, 2**32 - 1, integer=True))
 
     def __post_init__(self) -> None:
         self.validate()
+
+    def _check_together(self) -> None:
+        if self.negatives == 0:
+            raise ValueError("hard_negatives + random_negatives must be at least 1: a reranker "
+                             "trained on positives alone learns that every passage is relevant")
+
+    @property
+    def negatives(self) -> int:
+        """Negatives per positive, hard and random together."""
+        return self.hard_negatives + self.random_negatives

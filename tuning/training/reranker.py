@@ -32,11 +32,11 @@ def train_reranker(
 ) -> TrainingResult:
     """Train a reranker from ``base_model`` on the pairs and their negatives, save it to
     ``output_dir``; ``on_progress(step, total_steps, last_loss)`` is called as it trains."""
-    dataset = reranker_dataset(pairs, params.negatives_per_pair)
+    dataset = reranker_dataset(pairs, params.negatives)
     if not any(dataset["label"]):
         raise ValueError("no training pairs")
     if all(dataset["label"]):
-        raise ValueError("the reranker needs negatives: mine them first (mine_hard_negatives)")
+        raise ValueError("the reranker needs negatives: mine them first (mine_negatives)")
     started = time.perf_counter()
     torch.manual_seed(params.seed)
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -72,8 +72,8 @@ def train_reranker(
 
 def reranker_dataset(pairs: list[TrainingPair], negatives_per_pair: int) -> Dataset:
     """Rows (query, passage, label): 1.0 for each pair's positive, 0.0 for each of its first
-    ``negatives_per_pair`` negatives. Pairs without mined negatives are left out: alone,
-    their positives would only teach the model that every passage is relevant."""
+    ``negatives_per_pair`` negatives (hard ones first, then random). Pairs without negatives
+    are left out: alone, their positives would only teach that every passage is relevant."""
     columns: dict[str, list] = {"query": [], "passage": [], "label": []}
     for pair in pairs:
         if negatives_per_pair and not pair.negatives:
