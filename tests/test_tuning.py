@@ -7,6 +7,8 @@ measures.
 
 from __future__ import annotations
 
+import gzip
+import json
 import shutil
 import time
 from pathlib import Path
@@ -82,7 +84,8 @@ def corpus(domain: Domain) -> None:
 
 def promote_always(domain: Domain) -> None:
     """The gate's margin for a test of the cycle: three steps rarely beat the base model."""
-    domain.options = {**domain.options, "tuning": {"gate_margin": -1.0}}
+    domain.options = {**domain.options,
+                      "tuning": {"gate_margin": -1.0, "promote_label_free": True}}
     domain.save(update_fields=["options"])
 
 
@@ -183,6 +186,53 @@ def test_a_new_space_is_filled_beside_the_served_one_and_switched_to_when_comple
     assert spaces.remaining(tiny, old) == 0  # the old vectors stay, for a roll back
 
 
+QUESTIONS = {
+    "q1": ("How soon are antibiotics started in red flag sepsis?", "sepsis"),
+    "q2": ("What does a bleeding patient with a high INR need?", "warfarin"),
+    "q3": ("Which patients get a falls risk assessment?", "falls"),
+    "q4": ("Why is soap used instead of alcohol gel for diarrhoea?", "hand"),
+    "q5": ("Who checks the patient's identity before a transfusion?", "transfusion"),
+    "q6": ("How often are immobile patients repositioned?", "pressure"),
+}
+
+
+def beir_dataset(root: Path) -> Path:
+    """TOPICS as a BEIR dataset with QUESTIONS judged in its train split."""
+    dataset = root / "wards"
+    (dataset / "qrels").mkdir(parents=True)
+    with gzip.open(dataset / "corpus.jsonl.gz", "wt") as fh:
+        for name, text in TOPICS.items():
+            title, body = text.split(". ", 1)
+            fh.write(json.dumps({"_id": name, "title": title, "text": body}) + "\n")
+    (dataset / "queries.jsonl").write_text("".join(
+        json.dumps({"_id": qid, "text": text}) + "\n" for qid, (text, _) in QUESTIONS.items()))
+    (dataset / "qrels" / "train.tsv").write_text("query-id\tcorpus-id\tscore\n" + "".join(
+        f"{qid}\t{doc}\t1\n" for qid, (_, doc) in QUESTIONS.items()))
+    return dataset
+
+
+@pytest.mark.django_db
+def test_a_reranker_trains_on_real_pairs_alone_and_an_embedder_beside_synthetic_ones(
+        domain: Domain, tmp_path: Path) -> None:
+    dataset = beir_dataset(tmp_path)
+    call_command("import_beir", str(dataset), "--domain", domain.slug, "--inline")
+    index_store.build_index(domain)
+    options = cycle.DataOptions.for_domain(domain, dataset_dir=dataset, held_out=0.34)
+    reranker = cycle.collect(domain, options, hard_negatives=1, random_negatives=1,
+                             synthetic_beside_real=False)
+    assert reranker.counts["by_source"] == {"dataset": 4}
+    assert reranker.counts["held_out_from"] == "dataset" and len(reranker.held_out_queries) == 2
+    for pair in reranker.train:
+        assert len(set(pair.negatives)) == 2 and pair.positive not in pair.negatives
+        assert pair.query not in reranker.held_out_queries.values()
+    embedder = cycle.collect(domain, options, hard_negatives=1)
+    assert embedder.counts["by_source"]["dataset"] == 4
+    assert {"synthetic-title", "synthetic-sentence"} <= set(embedder.counts["by_source"])
+    assert embedder.held_out_queries == reranker.held_out_queries
+    # Mined for the real pairs only: the synthetic ones have the batch's other passages.
+    assert all(len(pair.negatives) == (pair.source == "dataset") for pair in embedder.train)
+
+
 @pytest.mark.django_db
 def test_a_domain_without_pairs_says_what_to_add(domain: Domain, capsys) -> None:
     with pytest.raises(CommandError, match="has no served documents to train on"):
@@ -214,8 +264,8 @@ def test_a_domain_without_pairs_says_what_to_add(domain: Domain, capsys) -> None
 
 @pytest.mark.slow
 @pytest.mark.django_db
-def test_the_gate_rejects_a_model_that_does_not_beat_the_served_one(tiny: Domain,
-                                                                      capsys) -> None:
+def test_the_gate_rejects_a_model_that_does_not_beat_the_served_one_or_only_synthetic_queries(
+        tiny: Domain, capsys) -> None:
     tiny.options = {"tuning": {"gate_margin": 0.5}}
     tiny.save(update_fields=["options"])
     served = tiny.embedding_space
@@ -228,6 +278,17 @@ def test_the_gate_rejects_a_model_that_does_not_beat_the_served_one(tiny: Domain
     assert run.data_counts["held_out_from"] == "synthetic"
     assert run.data_counts["train_pairs"] > 0 and run.data_counts["with_negatives"] > 0
     assert len(run.loss_curve) == 3 and Path(run.model_dir, "config.json").is_file()
+    tiny.refresh_from_db()
+    assert tiny.embedding_space == served and tiny.next_space is None
+
+    # Past the margin on synthetic held-out queries alone, a run waits for a curator.
+    tiny.options = {"tuning": {"gate_margin": -1.0}}
+    tiny.save(update_fields=["options"])
+    call_command("finetune", "--domain", tiny.slug, *[f"--set={k}={v}" for k, v in TINY.items()])
+    label_free = ModelRun.objects.exclude(pk=run.pk).get(domain=tiny)
+    assert label_free.state == ModelRun.State.REJECTED, label_free.message
+    assert "synthetic held-out queries only" in label_free.message
+    assert "promote it in the admin" in label_free.message
     tiny.refresh_from_db()
     assert tiny.embedding_space == served and tiny.next_space is None
 
