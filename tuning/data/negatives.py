@@ -40,6 +40,8 @@ def mine_negatives(
     if hard < 0 or random < 0 or skip_top < 0:
         raise ValueError(f"hard, random and skip_top must be >= 0; got {hard}, {random}, "
                          f"{skip_top}")
+    if hard == 0 and random == 0:
+        return list(pairs)
     positive_texts: dict[str, set[str]] = {}
     positive_ids: dict[str, set[str]] = {}
     for pair in pairs:
@@ -51,9 +53,6 @@ def mine_negatives(
     retrieved: dict[str, list[str]] = {}
     mined = []
     for pair in pairs:
-        if hard == 0 and random == 0:
-            mined.append(pair)
-            continue
         if hard and pair.query not in retrieved:
             retrieved[pair.query] = retrieve(pair.query)
         excluded_ids = positive_ids.get(pair.query, set())
