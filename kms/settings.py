@@ -162,8 +162,35 @@ STATIC_URL = "static/"
 STATIC_ROOT = DATA_DIR / "static"
 MEDIA_URL = "media/"
 MEDIA_ROOT = Path(os.environ.get("KMS_MEDIA_ROOT", DATA_DIR / "media"))
+# Uploaded originals: this node's filesystem by default; with KMS_FILE_STORAGE=s3 any
+# S3-compatible store (django-storages), which nodes on other hosts share. Credentials come
+# from the usual AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or an instance role). Objects are
+# private: downloads go through an access check, never a public URL.
+KMS_FILE_STORAGE = os.environ.get("KMS_FILE_STORAGE", "filesystem")
+if KMS_FILE_STORAGE == "s3":
+    if not os.environ.get("KMS_S3_BUCKET"):
+        raise ImproperlyConfigured("KMS_FILE_STORAGE=s3 needs KMS_S3_BUCKET (and, for a store "
+                                   "other than AWS, KMS_S3_ENDPOINT_URL).")
+    FILE_STORAGE = {
+        "BACKEND": "storages.backends.s3.S3Storage",
+        "OPTIONS": {
+            "bucket_name": os.environ["KMS_S3_BUCKET"],
+            "endpoint_url": os.environ.get("KMS_S3_ENDPOINT_URL") or None,
+            "region_name": os.environ.get("KMS_S3_REGION") or None,
+            "location": os.environ.get("KMS_S3_PREFIX", ""),
+            "default_acl": None,
+            "querystring_auth": True,
+            "file_overwrite": False,
+        },
+    }
+elif KMS_FILE_STORAGE == "filesystem":
+    FILE_STORAGE = {"BACKEND": "django.core.files.storage.FileSystemStorage"}
+else:
+    raise ImproperlyConfigured(
+        f"KMS_FILE_STORAGE={KMS_FILE_STORAGE!r}: use 'filesystem' (default) or 's3'."
+    )
 STORAGES = {
-    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "default": FILE_STORAGE,
     "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
 }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
@@ -268,7 +295,16 @@ KMS_BM25_K1 = env_float("KMS_BM25_K1", 1.5)
 KMS_BM25_B = env_float("KMS_BM25_B", 0.75)
 KMS_BM25_EPSILON = env_float("KMS_BM25_EPSILON", 0.25)
 KMS_BM25_REFRESH_SECONDS = env_int("KMS_BM25_REFRESH_SECONDS", 10)
+# BM25 indexes are published through PostgreSQL (kms.store.models.LexicalIndex); each node
+# keeps a local cache of them here, which may be deleted at any time.
 KMS_INDEX_DIR = Path(os.environ.get("KMS_INDEX_DIR", DATA_DIR / "indexes"))
+# A STORAGES alias to keep index artifacts in ("default": beside the uploaded files, e.g. in
+# S3 with KMS_FILE_STORAGE=s3); empty: in the database.
+KMS_BM25_ARTIFACT_STORAGE = os.environ.get("KMS_BM25_ARTIFACT_STORAGE", "")
+# Superseded versions stay this long, so nodes still loading one never lose it mid-read.
+KMS_BM25_GRACE_SECONDS = env_int("KMS_BM25_GRACE_SECONDS", 120)
+# After a failed fetch (store unreachable, checksum mismatch) a node retries this much later.
+KMS_BM25_RETRY_SECONDS = env_int("KMS_BM25_RETRY_SECONDS", 30)
 KMS_HNSW_EF_SEARCH = env_int("KMS_HNSW_EF_SEARCH", 100)
 KMS_SEARCH_MODE = os.environ.get("KMS_SEARCH_MODE", "hybrid")
 KMS_FUSION = os.environ.get("KMS_FUSION", "weighted")

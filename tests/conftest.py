@@ -155,3 +155,72 @@ def worker_factory(transactional_db, tmp_path: Path) -> Iterator:
     for worker in workers:
         worker.stop()
     app.conf.task_default_queue = previous
+
+
+@dataclass
+class S3Store:
+    """A bucket on the local S3-compatible server, and the environment that reaches it."""
+
+    endpoint: str
+    bucket: str
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {"KMS_FILE_STORAGE": "s3", "KMS_S3_BUCKET": self.bucket,
+                "KMS_S3_ENDPOINT_URL": self.endpoint, "KMS_S3_REGION": "us-east-1",
+                "AWS_ACCESS_KEY_ID": "kms-test", "AWS_SECRET_ACCESS_KEY": "kms-test"}
+
+    def client(self):
+        import boto3
+
+        return boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1",
+                            aws_access_key_id="kms-test", aws_secret_access_key="kms-test")
+
+    def object_keys(self) -> list[str]:
+        listed = self.client().list_objects_v2(Bucket=self.bucket)
+        return [item["Key"] for item in listed.get("Contents", [])]
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory) -> Iterator[str]:
+    """moto's S3 server in its own process, as a separate host's object store would be."""
+    import socket
+    import urllib.request
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    log = tmp_path_factory.mktemp("s3") / "moto.log"
+    with log.open("wb") as fh:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+    endpoint = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1)
+            break
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"moto server did not start:\n{log.read_text()}") from None
+            time.sleep(0.2)
+    yield endpoint
+    os.killpg(process.pid, signal.SIGTERM)
+    process.wait(10)
+
+
+@pytest.fixture
+def s3_store(s3_server: str, settings, monkeypatch) -> S3Store:
+    """A fresh bucket, made this test's file storage (as KMS_FILE_STORAGE=s3 would)."""
+    store = S3Store(s3_server, f"kms-test-{uuid.uuid4().hex[:8]}")
+    for name, value in store.env.items():
+        monkeypatch.setenv(name, value)
+    store.client().create_bucket(Bucket=store.bucket)
+    settings.KMS_FILE_STORAGE = "s3"
+    settings.STORAGES = {**settings.STORAGES, "default": {
+        "BACKEND": "storages.backends.s3.S3Storage",
+        "OPTIONS": {"bucket_name": store.bucket, "endpoint_url": s3_server,
+                    "region_name": "us-east-1", "default_acl": None,
+                    "querystring_auth": True, "file_overwrite": False}}}
+    return store

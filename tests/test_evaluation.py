@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from django.core.management import CommandError, call_command
 
-from kms.store.models import Domain
+from kms.store.models import Domain, LexicalIndex
 from search.evaluation.retrieval import (
     OTHER_PREFIX,
     beir_prefix,
@@ -185,8 +185,8 @@ def test_command_errors_name_what_is_missing(domain: Domain, tmp_path: Path) -> 
 
 @pytest.mark.django_db
 def test_command_refuses_to_score_bm25_without_an_index(tiny: Path, settings, tmp_path) -> None:
-    settings.KMS_INDEX_DIR = tmp_path / "empty"
-    with pytest.raises(CommandError, match="no BM25 index yet"):
+    LexicalIndex.objects.filter(domain__slug="healthcare").delete()
+    with pytest.raises(CommandError, match="no BM25 index yet.*refresh_bm25 --domain healthcare"):
         call_command("evaluate", str(tiny), "--domain", "healthcare", "--modes", "hybrid")
     out = StringIO()
     call_command("evaluate", str(tiny), "--domain", "healthcare", "--modes", "dense",

@@ -11,6 +11,7 @@ from kms.access import Access
 from kms.store.models import Chunk, Document, Domain
 from search.ingestion.documents import add_document
 from search.ingestion.progress import process_inline
+from search.retrieval import index_cache
 from search.retrieval import index_store as bm25_store
 from search.retrieval.search import FusionOptions, SearchError, SearchFilters, search
 from tests.conftest import OPERATOR
@@ -168,20 +169,19 @@ def test_stop_words_only_and_unknown_domain(corpus) -> None:
 
 
 def test_rebuilt_index_is_picked_up_without_restart(corpus, domain: Domain) -> None:
-    first = bm25_store.current_index("healthcare")
+    first = index_cache.current_index("healthcare")
     result = add_document(domain, uploader=OPERATOR, source="stroke.md", filename="stroke.md",
                           content=b"# Stroke\n\nThrombolysis within four and a half hours.\n",
                           queue=False)
     process_inline([result.version_id])
     assert search("thrombolysis", domain="healthcare", mode="bm25", access=OPERATOR).documents == []
     bm25_store.build_index(domain)
-    assert bm25_store.current_index("healthcare").version != first.version
+    assert index_cache.current_index("healthcare").version != first.version
     hit = search("thrombolysis", domain="healthcare", mode="bm25", access=OPERATOR).documents[0]
     assert hit.source == "stroke.md"
 
 
-def test_domain_without_index_still_answers_with_dense(domain: Domain, settings, tmp_path):
-    settings.KMS_INDEX_DIR = tmp_path / "empty"
+def test_domain_without_index_still_answers_with_dense(domain: Domain) -> None:
     result = add_document(domain, uploader=OPERATOR, source="x.md", filename="x.md",
                           content=b"# Hip fracture\n\nSurgery within 36 hours.\n", queue=False)
     process_inline([result.version_id])

@@ -146,8 +146,7 @@ def pick_questions(items: Sequence[QAItem], limit: int, seed: int) -> list[QAIte
 
 
 def ensure_index(domain: Domain) -> None:
-    stale = bm25_store.stale_domains()
-    if bm25_store.current_index(domain.slug, "chunks") is None or domain.pk in stale:
+    if domain.pk in bm25_store.stale_domains([domain.pk]):
         bm25_store.build_index(domain)
 
 

@@ -43,6 +43,7 @@ from search.evaluation import domains, stats
 from search.evaluation.bm25_comparison import RankBM25Comparison, compare_rank_bm25
 from search.ingestion import spaces
 from search.ingestion.sentences import split_sentences
+from search.retrieval import index_cache
 from search.retrieval import index_store as bm25_store
 from search.retrieval.bm25 import BM25Index
 from search.retrieval.search import MODES, FusionOptions, search
@@ -454,7 +455,7 @@ def run_benchmark(
     started = time.perf_counter()
     index = bm25_store.build_index(target)
     bm25_build_s = time.perf_counter() - started
-    documents_index = bm25_store.current_index(domain, "documents")
+    documents_index = index_cache.current_index(domain, "documents")
     echo(f"Built BM25 indexes {index.version}: {len(index):,} chunks, "
          f"{len(index.vocabulary):,} terms (and "
          f"{len(documents_index) if documents_index else 0:,} documents) in {bm25_build_s:.1f} s.")

@@ -49,6 +49,6 @@ def drop(domain: Domain) -> int:
     if domain.purpose != Domain.Purpose.EVALUATION:
         raise OwnedDomainError(f"Domain {domain.slug!r} is not an evaluation domain.")
     deleted = empty(domain)
-    index_store.remove_indexes(domain.slug)
+    index_store.remove_indexes(domain)
     domain.delete()
     return deleted

@@ -24,6 +24,7 @@ from kms.store.models import Domain
 from search.evaluation import stats
 from search.ingestion import spaces
 from search.ingestion.beir import beir_prefix
+from search.retrieval import index_cache
 from search.retrieval import index_store as bm25_store
 from search.retrieval.reranking import Reranker
 from search.retrieval.search import FusionOptions, SearchError, fuse, search
@@ -252,8 +253,8 @@ def settings_used(
     *, domain: str, fusion: FusionOptions, k: int, candidates: int | None
 ) -> dict[str, object]:
     """What produced the numbers, so two reports can be compared (or not)."""
-    chunks = bm25_store.current_index(domain, "chunks")
-    documents = bm25_store.current_index(domain, "documents")
+    chunks = index_cache.current_index(domain, "chunks")
+    documents = index_cache.current_index(domain, "documents")
     params = (documents or chunks).params if (documents or chunks) else bm25_store.params()
     space = spaces.served_space(Domain.objects.get(slug=domain))
     return {

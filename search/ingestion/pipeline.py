@@ -444,9 +444,15 @@ def _read_file(version: DocumentVersion) -> bytes:
             return fh.read()
     except FileNotFoundError as exc:
         raise ParseError(
-            f"The stored file {version.file.name} is missing from KMS_MEDIA_ROOT; "
-            "upload the document again."
+            f"The stored file {version.file.name} is missing from the file store "
+            f"({_file_store()}); upload the document again."
         ) from exc
+
+
+def _file_store() -> str:
+    if settings.KMS_FILE_STORAGE == "s3":
+        return f"S3 bucket {settings.STORAGES['default']['OPTIONS']['bucket_name']}"
+    return f"KMS_MEDIA_ROOT {settings.MEDIA_ROOT}"
 
 
 def _mark_processing(versions: list[DocumentVersion]) -> None:

@@ -22,6 +22,7 @@ version and swapped in atomically.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -32,6 +33,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import scipy.sparse as sp
@@ -225,15 +227,9 @@ class BM25Index:
         ordered = positions[np.lexsort((positions, -scores[positions]))]
         return list(zip(self.ids[ordered].tolist(), scores[ordered].tolist(), strict=True))
 
-    def save(self, directory: Path) -> Path:
-        """Write ``bm25-<version>.npz`` atomically (temp file, fsync, ``os.replace``).
-
-        Readers therefore see either no file or a complete one. Uncompressed so loading a
-        100k-document index is a few large reads.
-        """
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        target = directory / f"{FILE_PREFIX}{self.version}{FILE_SUFFIX}"
+    def write(self, handle: BinaryIO) -> None:
+        """The index as an uncompressed ``.npz``: loading a 100k-document index is a few
+        large reads, and the bytes are what nodes share (see ``index_artifacts``)."""
         terms = [""] * len(self.vocabulary)
         for term, term_id in self.vocabulary.items():
             terms[term_id] = term
@@ -248,19 +244,32 @@ class BM25Index:
             "average_idf": self.average_idf,
             "created": datetime.now(UTC).isoformat(),
         }
+        np.savez(
+            handle,
+            meta=np.array(json.dumps(meta)),
+            ids=self.ids,
+            indptr=self._indptr,
+            indices=self._indices,
+            data=self._data,
+            term_blob=term_blob,
+            term_offsets=term_offsets,
+        )
+
+    def to_bytes(self) -> bytes:
+        buffer = io.BytesIO()
+        self.write(buffer)
+        return buffer.getvalue()
+
+    def save(self, directory: Path) -> Path:
+        """Write ``bm25-<version>.npz`` atomically (temp file, fsync, ``os.replace``), so
+        readers see either no file or a complete one."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        target = directory / f"{FILE_PREFIX}{self.version}{FILE_SUFFIX}"
         fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
         try:
             with os.fdopen(fd, "wb") as handle:
-                np.savez(
-                    handle,
-                    meta=np.array(json.dumps(meta)),
-                    ids=self.ids,
-                    indptr=self._indptr,
-                    indices=self._indices,
-                    data=self._data,
-                    term_blob=term_blob,
-                    term_offsets=term_offsets,
-                )
+                self.write(handle)
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(tmp_name, target)
@@ -270,9 +279,10 @@ class BM25Index:
         return target
 
     @classmethod
-    def load(cls, path: Path) -> BM25Index:
-        """Read an index written by :meth:`save`."""
-        with np.load(Path(path), allow_pickle=False) as archive:
+    def load(cls, source: Path | BinaryIO) -> BM25Index:
+        """Read an index written by :meth:`write` from a file path or a binary stream."""
+        path = source if hasattr(source, "read") else Path(source)
+        with np.load(path, allow_pickle=False) as archive:
             meta = json.loads(str(archive["meta"]))
             if meta.get("format") != FORMAT_VERSION:
                 raise ValueError(f"{path}: unsupported BM25 index format {meta.get('format')!r}")

@@ -1,43 +1,43 @@
-"""Per-domain BM25 indexes: built from PostgreSQL, versioned on disk, hot-reloaded.
+"""Per-domain BM25 indexes: built from PostgreSQL and published through it, in order.
 
 Each domain has two: one over chunks (which passage of a document matches) and one over whole
 documents (which documents match: a whole document's term statistics rank documents better
-than its best chunk does). A build writes ``bm25-<version>.npz`` and then atomically
-replaces the ``CURRENT`` pointer beside it. Every web and worker process checks the pointer's
-stat on each query (a few microseconds) and loads the new version when it changed, so a
-rebuild reaches all processes without a restart. Builds are queued (debounced) when
-documents become ready; see ``claim_refresh`` and ``search.retrieval.tasks``.
+than its best chunk does). A build takes the domain's PostgreSQL advisory lock, so one
+builder at a time per domain whichever node it runs on; it numbers its versions one past the
+newest, so versions only move forward; and it inserts the ``LexicalIndex`` rows with their
+artifacts in one transaction, so no node sees a partial one. Nodes follow the rows (see
+``index_cache``). Whether an index is stale is decided by database facts alone: a document
+changed after the index's watermark, or the served chunks or documents are no longer the ones
+it indexed (which is how a deletion shows).
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import shutil
-import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Literal
+from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db.models import QuerySet
+from django.db import connection, transaction
+from django.db.models import Count, Max, QuerySet, Sum
+from django.utils import timezone
 
-from kms.store.models import Chunk, Document, Domain
+from kms.store.models import Chunk, Document, Domain, LexicalIndex
 from search.ingestion.embedding import passage_text
-from search.retrieval.bm25 import FILE_PREFIX, BM25Index, BM25Params
+from search.retrieval import index_artifacts
+from search.retrieval.bm25 import BM25Index, BM25Params
+from search.retrieval.index_cache import forget
 from search.retrieval.text_analysis import analyze
 
 logger = logging.getLogger(__name__)
-POINTER = "CURRENT"
+# The newest version and the one before it stay whatever their age: a node that cannot load
+# the newest serves the previous one.
 KEEP_VERSIONS = 2
+_LOCK_CLASS = 0x6B6D7301  # advisory lock namespace of BM25 builds ("kms" 1)
 
-
-Level = Literal["chunks", "documents"]
-
-
-def index_dir(domain_slug: str, level: Level = "chunks") -> Path:
-    return Path(settings.KMS_INDEX_DIR) / "bm25" / domain_slug / level
+LEVELS = (LexicalIndex.Level.CHUNKS, LexicalIndex.Level.DOCUMENTS)
 
 
 def params() -> BM25Params:
@@ -47,6 +47,10 @@ def params() -> BM25Params:
 def searchable_chunks(domain: Domain) -> QuerySet[Chunk]:
     """The served chunks: the active set of the version each document serves."""
     return Chunk.objects.filter(domain=domain, is_current=True)
+
+
+def served_documents(domain: Domain) -> QuerySet[Document]:
+    return Document.objects.filter(domain=domain, current_version__isnull=False)
 
 
 def bm25_text(title: str, heading: str, text: str) -> str:
@@ -66,131 +70,132 @@ def chunk_texts(domain: Domain) -> Iterator[tuple[int, str]]:
         yield pk, bm25_text(title, heading, text)
 
 
-def build_index(domain: Domain) -> BM25Index:
-    """Build, save and publish new chunk and document indexes; returns the chunk index."""
-    chunks = _build_and_publish(domain, "chunks", chunk_texts(domain))
-    document_rows = (
-        Document.objects.filter(domain=domain, current_version__isnull=False)
+def document_texts(domain: Domain) -> Iterator[tuple[int, str]]:
+    rows = (
+        served_documents(domain)
         .order_by("pk")
         .values_list("pk", "title", "current_version__extracted_text")
         .iterator(chunk_size=1000)
     )
-    _build_and_publish(
-        domain, "documents", ((pk, f"{title}\n{text}") for pk, title, text in document_rows)
+    for pk, title, text in rows:
+        yield pk, f"{title}\n{text}"
+
+
+@dataclass(frozen=True)
+class _Fingerprints:
+    """What each level indexes, as count and id sum: ids only grow, so any change of the
+    set (a deletion, a re-chunked or re-embedded version) changes its fingerprint."""
+
+    chunks: dict[int, str]
+    documents: dict[int, str]
+
+
+def _fingerprints(domain_ids: Iterable[int] | None = None) -> _Fingerprints:
+    chunks = Chunk.objects.filter(is_current=True)
+    documents = Document.objects.filter(current_version__isnull=False)
+    if domain_ids is not None:
+        chunks = chunks.filter(domain_id__in=list(domain_ids))
+        documents = documents.filter(domain_id__in=list(domain_ids))
+    return _Fingerprints(
+        {row["domain_id"]: f"{row['n']}:{row['s']}" for row in
+         chunks.values("domain_id").annotate(n=Count("pk"), s=Sum("pk"))},
+        {row["domain_id"]: f"{row['n']}:{row['s']}" for row in
+         documents.values("domain_id").annotate(n=Count("pk"), s=Sum("current_version_id"))},
     )
+
+
+def build_index(domain: Domain, *, only_if_stale: bool = False) -> BM25Index | None:
+    """Build and publish the domain's chunk and document indexes; returns the chunk index.
+
+    With ``only_if_stale`` (what the refresh task asks) a build that waited for another
+    builder's lock and finds that build already covered every change returns None.
+    """
+    started = time.perf_counter()
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [_LOCK_CLASS, domain.pk])
+            # Read after the lock, before the data: changes after it may be missing.
+            cursor.execute("SELECT clock_timestamp()")
+            watermark = cursor.fetchone()[0]
+        if only_if_stale and domain.pk not in stale_domains([domain.pk]):
+            return None
+        fingerprints = _fingerprints([domain.pk])
+        chunks = _build_and_publish(domain, LexicalIndex.Level.CHUNKS, chunk_texts(domain),
+                                    watermark, fingerprints.chunks.get(domain.pk, "0:None"),
+                                    started)
+        _build_and_publish(domain, LexicalIndex.Level.DOCUMENTS, document_texts(domain),
+                           watermark, fingerprints.documents.get(domain.pk, "0:None"), started)
     return chunks
 
 
-def _build_and_publish(domain: Domain, level: Level, rows) -> BM25Index:
+def _build_and_publish(domain: Domain, level: str, rows: Iterable[tuple[int, str]],
+                       watermark: datetime, fingerprint: str, started: float) -> BM25Index:
     ids: list[int] = []
     tokens: list[list[str]] = []
     for pk, text in rows:
         ids.append(pk)
         tokens.append(analyze(text))
-    index = BM25Index.build(ids, tokens, params())
-    directory = index_dir(domain.slug, level)
-    _publish(directory, index.save(directory))
-    logger.info("BM25 %s index %s for %s: %d", level, index.version, domain.slug, len(index))
+    newest = (LexicalIndex.objects.filter(domain=domain, level=level)
+              .aggregate(v=Max("version"))["v"] or 0)
+    index = BM25Index.build(ids, tokens, params(), version=str(newest + 1))
+    data = index.to_bytes()
+    row = LexicalIndex.objects.create(
+        domain=domain, level=level, version=newest + 1, watermark=watermark,
+        fingerprint=fingerprint, entries=len(index), checksum=index_artifacts.checksum(data),
+        size_bytes=len(data), build_seconds=time.perf_counter() - started,
+    )
+    index_artifacts.save_artifact(row, data)
+    _remove_superseded(domain, level)
+    logger.info("Published %s: %d entries, %d bytes", row, len(index), len(data))
     return index
 
 
-def _publish(directory: Path, path: Path) -> None:
-    tmp = directory / f".{POINTER}.{os.getpid()}.tmp"
-    tmp.write_text(path.name)
-    os.replace(tmp, directory / POINTER)
-    versions = sorted(directory.glob(f"{FILE_PREFIX}*"), key=lambda p: p.stat().st_mtime)
-    for old in versions[:-KEEP_VERSIONS]:
-        old.unlink(missing_ok=True)
+def _remove_superseded(domain: Domain, level: str) -> None:
+    """Versions beyond the newest two, once their successor is older than the grace period."""
+    rows = list(LexicalIndex.objects.filter(domain=domain, level=level)
+                .order_by("-version").only("pk", "storage_name", "created_at"))
+    cutoff = timezone.now() - timedelta(seconds=settings.KMS_BM25_GRACE_SECONDS)
+    for successor, row in zip(rows[KEEP_VERSIONS - 1:], rows[KEEP_VERSIONS:], strict=False):
+        if successor.created_at <= cutoff:
+            index_artifacts.delete_artifact(row)
+            row.delete()
 
 
-def remove_indexes(domain_slug: str) -> None:
-    """Delete a removed domain's index files, and forget them in this process."""
-    shutil.rmtree(Path(settings.KMS_INDEX_DIR) / "bm25" / domain_slug, ignore_errors=True)
-    for level in ("chunks", "documents"):
-        _cache.pop((domain_slug, level), None)
+def remove_indexes(domain: Domain) -> None:
+    """Delete a domain's published indexes (before the domain itself) and this node's copies."""
+    for row in LexicalIndex.objects.filter(domain=domain):
+        index_artifacts.delete_artifact(row)
+    LexicalIndex.objects.filter(domain=domain).delete()
+    forget(domain.slug)
 
 
-@dataclass
-class _Loaded:
-    stamp: tuple[int, int, int]
-    index: BM25Index
-
-
-_cache: dict[tuple[str, Level], _Loaded] = {}
-_lock = threading.Lock()
-
-
-def current_index(domain_slug: str, level: Level = "chunks") -> BM25Index | None:
-    """The published index of a domain, reloaded when a rebuild replaced it; None if none."""
-    pointer = index_dir(domain_slug, level) / POINTER
-    try:
-        stat = pointer.stat()
-    except FileNotFoundError:
-        return None
-    stamp = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
-    key = (domain_slug, level)
-    loaded = _cache.get(key)
-    if loaded is not None and loaded.stamp == stamp:
-        return loaded.index
-    with _lock:
-        loaded = _cache.get(key)
-        if loaded is None or loaded.stamp != stamp:
-            path = pointer.parent / pointer.read_text().strip()
-            loaded = _Loaded(stamp, BM25Index.load(path))
-            _cache[key] = loaded
-    return loaded.index
-
-
-def stale_domains() -> set[int]:
-    """Domains whose index is missing or older than their newest ready version.
+def stale_domains(domain_ids: Iterable[int] | None = None) -> set[int]:
+    """Domains whose index misses a change: none built while documents are served, a document
+    changed after its watermark, or the served chunks or documents are not the indexed ones.
 
     Beat checks this periodically as a safety net for refreshes lost with a broker restart.
     """
-    from django.db.models import Max
-
-    from kms.store.models import DocumentVersion, Status
-
+    fingerprints = _fingerprints(domain_ids)
+    newest: dict[int, dict[str, LexicalIndex]] = {}
+    indexes = LexicalIndex.objects.order_by("domain_id", "level", "-version").distinct(
+        "domain_id", "level")
+    changed = Document.objects.values("domain_id").annotate(last=Max("updated_at"))
+    if domain_ids is not None:
+        indexes = indexes.filter(domain_id__in=list(domain_ids))
+        changed = changed.filter(domain_id__in=list(domain_ids))
+    for row in indexes:
+        newest.setdefault(row.domain_id, {})[row.level] = row
+    last_change = {row["domain_id"]: row["last"] for row in changed}
     stale = set()
-    newest = (
-        DocumentVersion.objects.filter(status=Status.READY)
-        .values("document__domain_id", "document__domain__slug")
-        .annotate(last=Max("processed_at"))
-    )
-    for row in newest:
-        pointer = index_dir(row["document__domain__slug"]) / POINTER
-        built = pointer.stat().st_mtime if pointer.exists() else None
-        if built is None or (row["last"] and row["last"].timestamp() > built):
-            stale.add(row["document__domain_id"])
+    for domain_id in set(fingerprints.chunks) | set(fingerprints.documents) | set(newest):
+        built = newest.get(domain_id, {})
+        chunks, documents = built.get("chunks"), built.get("documents")
+        if chunks is None or documents is None:
+            if domain_id in fingerprints.documents:
+                stale.add(domain_id)
+            continue
+        if (chunks.fingerprint != fingerprints.chunks.get(domain_id, "0:None")
+                or documents.fingerprint != fingerprints.documents.get(domain_id, "0:None")
+                or (last_change.get(domain_id) or chunks.watermark) > chunks.watermark):
+            stale.add(domain_id)
     return stale
-
-
-def claim_refresh(domain_id: int) -> bool:
-    """Whether this caller should queue the domain's rebuild: at most one pending at a time.
-
-    The pending marker is cleared when the build starts (``clear_pending``), so documents that
-    become ready during a build trigger the next one: a ready document is findable by BM25
-    within KMS_BM25_REFRESH_SECONDS plus one build (seconds for 10,000s of chunks).
-    """
-    import redis
-
-    client = redis.Redis.from_url(_redis_py_url(settings.REDIS_URL))
-    delay = settings.KMS_BM25_REFRESH_SECONDS
-    return bool(client.set(pending_key(domain_id), "1", nx=True, ex=max(delay * 10, 600)))
-
-
-def pending_key(domain_id: int) -> str:
-    """Namespaced by database, so installations (and test runs) sharing a Redis never clash."""
-    from django.db import connection
-
-    return f"kms:{connection.settings_dict['NAME']}:bm25-refresh-pending:{domain_id}"
-
-
-def clear_pending(domain_id: int) -> None:
-    import redis
-
-    redis.Redis.from_url(_redis_py_url(settings.REDIS_URL)).delete(pending_key(domain_id))
-
-
-def _redis_py_url(url: str) -> str:
-    """kombu's ``redis+socket://`` spelling as redis-py's ``unix://``."""
-    return "unix://" + url.removeprefix("redis+socket://") if url.startswith("redis+") else url

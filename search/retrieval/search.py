@@ -25,8 +25,7 @@ from kms.access import Access
 from kms.store.models import Chunk, Document, Domain
 from search.ingestion import spaces
 from search.ingestion.embedding import passage_text
-from search.retrieval import index_store as bm25_store
-from search.retrieval import reranking
+from search.retrieval import index_cache, reranking
 from search.retrieval.dense import dense_search
 from search.retrieval.fusion import ranked, reciprocal_rank_fusion, weighted_fusion
 from search.retrieval.snippets import snippet
@@ -179,9 +178,14 @@ def search(
         dense_chunks: list[tuple[int, float]] = []
         chunk_index = None
         owners: dict[int, int] = {}  # chunk id -> document id, filled as candidates are found
+        bm25_problem = ""
         if mode in ("bm25", "hybrid"):
-            chunk_index = bm25_store.current_index(domain.slug, "chunks")
-            document_index = bm25_store.current_index(domain.slug, "documents")
+            try:
+                chunk_index = index_cache.current_index(domain.slug, "chunks")
+                document_index = index_cache.current_index(domain.slug, "documents")
+            except index_cache.IndexUnavailable as exc:
+                chunk_index = document_index = None
+                bm25_problem = str(exc)
             if chunk_index is not None and document_index is not None:
                 bm25_chunks = _bm25_candidates(
                     chunk_index, terms, Chunk.objects.filter(allowed), "document_id", n,
@@ -212,7 +216,11 @@ def search(
             message = " ".join(filter(None, [message, f"{exc} Results are not reranked; "
                                              "restore the files or roll the reranker back."]))
     hits = hits[:k]
-    if mode != "dense" and chunk_index is None:
+    if bm25_problem:
+        message = " ".join(filter(None, [message, f"Keyword search (BM25) is unavailable: "
+                                         f"{bm25_problem}. Keyword matches are missing; it "
+                                         "recovers by itself once a version loads."]))
+    elif mode != "dense" and chunk_index is None:
         message = " ".join(filter(None, [message, "The BM25 index of this domain is not built "
                                          "yet; keyword matches are missing."]))
     version = chunk_index.version if chunk_index is not None else None

@@ -8,17 +8,18 @@ from django.dispatch import receiver
 
 from search.ingestion import signals
 from search.ingestion.tasks import TRANSIENT_ERRORS
-from search.retrieval import index_store
+from search.retrieval import index_store, refresh_claims
 
 
 @shared_task(autoretry_for=TRANSIENT_ERRORS, retry_backoff=2, max_retries=8, acks_late=True)
 def refresh_bm25(domain_id: int) -> int:
-    """Rebuild a domain's BM25 index from the database and publish it to every process."""
+    """Rebuild a domain's BM25 index if it is stale and publish it to every node."""
     from kms.store.models import Domain
 
-    index_store.clear_pending(domain_id)
+    refresh_claims.clear_pending(domain_id)
     domain = Domain.objects.filter(pk=domain_id).first()
-    return len(index_store.build_index(domain)) if domain else 0
+    index = index_store.build_index(domain, only_if_stale=True) if domain else None
+    return len(index) if index is not None else 0
 
 
 @shared_task
@@ -32,7 +33,7 @@ def refresh_stale_bm25() -> int:
 def schedule_refresh(domain_ids: set[int]) -> None:
     """Queue one rebuild per domain after the refresh delay, unless one is already pending."""
     for domain_id in domain_ids:
-        if index_store.claim_refresh(domain_id):
+        if refresh_claims.claim_refresh(domain_id):
             refresh_bm25.apply_async((domain_id,), countdown=settings.KMS_BM25_REFRESH_SECONDS)
 
 

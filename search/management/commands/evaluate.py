@@ -12,8 +12,8 @@ from kms.store.models import Document, Domain
 from search.evaluation import retrieval as evaluation
 from search.ingestion.beir import DatasetError, read_split
 from search.management.cli import domain_or_error
+from search.retrieval import index_cache, reranking
 from search.retrieval import index_store as bm25_store
-from search.retrieval import reranking
 from search.retrieval.search import FUSION_METHODS, MODES, FusionOptions, SearchError
 
 
@@ -184,15 +184,17 @@ class Command(BaseCommand):
         """Missing indexes: stop. Stale ones: warn, since BM25 figures would be too low."""
         if not {"bm25", "hybrid"} & set(modes):
             return
-        chunks = bm25_store.current_index(domain.slug, "chunks")
-        documents = bm25_store.current_index(domain.slug, "documents")
+        try:
+            chunks = index_cache.current_index(domain.slug, "chunks")
+            documents = index_cache.current_index(domain.slug, "documents")
+        except index_cache.IndexUnavailable as exc:
+            raise CommandError(f"{exc}. Rebuild it: manage.py refresh_bm25 --domain "
+                               f"{domain.slug}") from exc
         if chunks is None or documents is None:
             raise CommandError(
                 f"Domain {domain.slug} has no BM25 index yet. The workers build it shortly "
                 "after documents become ready (`manage.py run`), or build it now with: "
-                "manage.py shell -c \"from search.retrieval import index_store; from "
-                "kms.store.models import Domain; "
-                f"index_store.build_index(Domain.objects.get(slug='{domain.slug}'))\""
+                f"manage.py refresh_bm25 --domain {domain.slug}"
             )
         served = {
             "chunks": bm25_store.searchable_chunks(domain).count(),

@@ -1,0 +1,138 @@
+"""A node's copy of the published BM25 indexes: follow the pointer row, cache, hot-reload.
+
+Each call reads the newest ``LexicalIndex`` row of the domain and level (one indexed query).
+When it names a version this process has not loaded, the artifact is read from this node's
+cache directory (``KMS_INDEX_DIR``) or else from the shared store, checked against its
+checksum and swapped in, so a rebuild on any node reaches every process without a restart
+or a shared filesystem. When the newest version cannot be loaded (store unreachable,
+damaged artifact), the process keeps serving what it has, or the newest older version that
+loads, and tries again after ``KMS_BM25_RETRY_SECONDS``. The cache directory may be deleted
+at any time: loaded indexes live in memory and a missing file is fetched again.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import shutil
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from django.conf import settings
+
+from kms.store.models import LexicalIndex
+from search.retrieval.bm25 import BM25Index
+from search.retrieval.index_artifacts import ArtifactUnavailable, checksum, read_artifact
+
+logger = logging.getLogger(__name__)
+
+Level = str  # "chunks" or "documents" (LexicalIndex.Level)
+
+
+class IndexUnavailable(Exception):
+    """A version is published but none can be loaded here; the message says why."""
+
+
+@dataclass(frozen=True)
+class _Loaded:
+    row_id: int
+    index: BM25Index
+
+
+_loaded: dict[tuple[str, Level], _Loaded] = {}
+_failed: dict[int, tuple[float, str]] = {}  # row id -> (monotonic time, reason)
+_lock = threading.Lock()
+
+
+def cache_dir(domain_slug: str, level: Level) -> Path:
+    return Path(settings.KMS_INDEX_DIR) / "bm25" / domain_slug / level
+
+
+def current_index(domain_slug: str, level: Level = "chunks") -> BM25Index | None:
+    """The newest loadable published index; None when none was ever built.
+
+    Raises ``IndexUnavailable`` when versions exist but none of them loads on this node.
+    """
+    key = (domain_slug, level)
+    rows = LexicalIndex.objects.filter(domain__slug=domain_slug, level=level)
+    newest = rows.order_by("-version").first()
+    if newest is None:
+        _loaded.pop(key, None)
+        return None
+    loaded = _loaded.get(key)
+    if loaded is not None and loaded.row_id == newest.pk:
+        return loaded.index
+    # Another thread loading a new version: keep serving this one meanwhile.
+    if not _lock.acquire(blocking=loaded is None):
+        return loaded.index  # type: ignore[union-attr]
+    try:
+        loaded = _loaded.get(key)
+        if loaded is not None and loaded.row_id == newest.pk:
+            return loaded.index
+        if _load(key, newest):
+            return _loaded[key].index
+        if loaded is not None:
+            return loaded.index
+        for older in rows.filter(version__lt=newest.version).order_by("-version"):
+            if _load(key, older):
+                return _loaded[key].index
+        raise IndexUnavailable(_failed[newest.pk][1])
+    finally:
+        _lock.release()
+
+
+def _load(key: tuple[str, Level], row: LexicalIndex) -> bool:
+    """Load ``row`` into this process unless it failed within the retry delay."""
+    failed = _failed.get(row.pk)
+    if failed is not None and time.monotonic() - failed[0] < settings.KMS_BM25_RETRY_SECONDS:
+        return False
+    try:
+        index = BM25Index.load(io.BytesIO(_artifact(key, row)))
+    except (ArtifactUnavailable, ValueError, OSError) as exc:
+        reason = f"BM25 index {row} cannot be loaded: {exc}"
+        logger.error("%s. Serving the last good version; retrying in %s s.", reason,
+                     settings.KMS_BM25_RETRY_SECONDS)
+        _failed[row.pk] = (time.monotonic(), reason)
+        return False
+    _failed.pop(row.pk, None)
+    _loaded[key] = _Loaded(row.pk, index)
+    logger.info("Loaded %s (%d entries)", row, len(index))
+    return True
+
+
+def _artifact(key: tuple[str, Level], row: LexicalIndex) -> bytes:
+    """The checked bytes from this node's cache, else from the shared store (then cached)."""
+    directory = cache_dir(*key)
+    path = directory / f"{row.version}-{row.checksum[:16]}.npz"
+    try:
+        data = path.read_bytes()
+        if checksum(data) == row.checksum:
+            return data
+        logger.warning("Cached %s is damaged; fetching it again", path)
+    except FileNotFoundError:
+        pass
+    data = read_artifact(row)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        tmp = directory / f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp"
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+        for other in directory.glob("*.npz"):
+            if other != path:
+                other.unlink(missing_ok=True)
+    except OSError as exc:  # the cache is an optimisation: serve from memory regardless
+        logger.warning("Cannot cache %s in %s: %s", row, directory, exc)
+    return data
+
+
+def forget(domain_slug: str | None = None) -> None:
+    """Drop loaded indexes (of one domain, or all) and their cache files."""
+    with _lock:
+        for key in [k for k in _loaded if domain_slug in (None, k[0])]:
+            del _loaded[key]
+        _failed.clear()
+    root = Path(settings.KMS_INDEX_DIR) / "bm25"
+    shutil.rmtree(root / domain_slug if domain_slug else root, ignore_errors=True)
