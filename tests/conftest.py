@@ -64,8 +64,16 @@ def _plain_static_files(settings) -> None:
 
 @pytest.fixture
 def domain(db) -> Domain:
-    """The migration creates it; transactional tests flush it, so recreate when needed."""
-    return Domain.objects.get_or_create(slug="healthcare", defaults={"name": "Healthcare"})[0]
+    """The migration creates it; transactional tests flush it, so recreate when needed.
+
+    Its BM25 refresh claim is cleared: ids repeat in every run's fresh database, and a claim
+    left in Redis by an earlier run would hold this one's refreshes back.
+    """
+    from search.retrieval.refresh_claims import clear_pending
+
+    domain = Domain.objects.get_or_create(slug="healthcare", defaults={"name": "Healthcare"})[0]
+    clear_pending(domain.pk)
+    return domain
 
 
 def worker_database_url() -> str:

@@ -16,7 +16,6 @@ from search.ingestion.documents import add_document
 from search.ingestion.progress import process_inline
 from search.retrieval import index_cache, index_store
 from search.retrieval.search import search
-from search.retrieval.tasks import refresh_bm25
 from tests.conftest import OPERATOR
 
 TEXTS = {
@@ -102,15 +101,12 @@ def test_overlapping_refreshes_publish_in_order_and_never_expose_a_partial_artif
     done = threading.Event()
 
     def refresh(number: int) -> None:
-        """Half are the refresh task (which skips when a build already covered the change),
-        half forced builds, so at least ten versions overlap."""
+        """Half build only if stale (skipping when a build already covered the change), half
+        are forced builds, so at least ten versions overlap."""
         try:
             Document.objects.filter(source="sepsis.md").update(
                 title=f"Sepsis {number}", updated_at=timezone.now())
-            if number % 2:
-                index_store.build_index(domain)
-            else:
-                refresh_bm25(domain.pk)
+            index_store.build_index(domain, only_if_stale=not number % 2)
         except BaseException as exc:  # reported by the assertion below
             errors.append(exc)
         finally:
@@ -152,8 +148,42 @@ def test_overlapping_refreshes_publish_in_order_and_never_expose_a_partial_artif
     index_cache.forget()
 
 
+@pytest.mark.django_db(transaction=True)
+def test_a_refresh_never_waits_on_another_nodes_build(domain: Domain, settings, tmp_path):
+    """The task asks ``wait=False``: a worker slot is not spent idling on the lock."""
+    settings.KMS_INDEX_DIR = tmp_path / "node-cache"
+    _add(domain, "sepsis", TEXTS["sepsis"])
+    holding, release = threading.Event(), threading.Event()
+
+    def other_node() -> None:
+        from django.db import transaction
+
+        try:
+            with transaction.atomic(), connection.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)",
+                               [index_store._LOCK_CLASS, domain.pk])
+                holding.set()
+                release.wait(30)
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=other_node)
+    thread.start()
+    try:
+        assert holding.wait(30)
+        with pytest.raises(index_store.BuildInProgress, match="healthcare"):
+            index_store.build_index(domain, wait=False)
+    finally:
+        release.set()
+        thread.join(30)
+    assert index_store.build_index(domain, wait=False) is not None
+    index_cache.forget()
+
+
 @pytest.mark.django_db
-def test_a_damaged_artifact_is_never_served_and_search_says_so(served, settings) -> None:
+def test_a_damaged_artifact_is_never_served_and_search_says_so(
+    served, settings, caplog
+) -> None:
     settings.KMS_BM25_GRACE_SECONDS = 0
     index_store.build_index(served)
     first = LexicalIndex.objects.get(domain=served, level="chunks", version=1)
@@ -163,7 +193,9 @@ def test_a_damaged_artifact_is_never_served_and_search_says_so(served, settings)
     response = _bm25("warfarin")
     assert response.documents == []
     assert "Keyword search (BM25) is unavailable" in response.message
-    assert "failed its checksum" in response.message and "refresh_bm25" in response.message
+    assert "the server log says why" in response.message
+    logged = " ".join(r.getMessage() for r in caplog.records if r.levelname == "ERROR")
+    assert "failed its checksum" in logged and "refresh_bm25" in logged
 
     index_store.build_index(served)  # recovers by itself with the next version
     assert _bm25("warfarin").documents[0].source == "warfarin.md"

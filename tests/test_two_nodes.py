@@ -4,7 +4,7 @@ Node A is this test process (it uploads, as its web views would) with worker A; 
 separate web process (a search loop) with worker B. Each node has its own media and index
 directories and nothing on disk is shared. A document uploaded on A is processed by either
 worker, reading the original from the object store, and found on B by BM25 and dense search;
-killing worker A mid-batch loses nothing.
+killing worker A mid-batch (before worker B starts) loses nothing.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from kms.store.models import DocumentVersion, Status
 from search.ingestion.documents import add_document
 from search.ingestion.progress import progress, wait_for_versions
 from search.ingestion.tasks import requeue_stalled
+from search.retrieval.tasks import refresh_stale_bm25
 from tests.conftest import OPERATOR, ROOT, S3Store, worker_database_url
 from tests.test_worker import long_document
 
@@ -86,7 +87,6 @@ def test_a_document_uploaded_on_node_a_is_found_on_node_b_and_a_killed_worker_lo
     worker_b = worker_factory(**_node_env(node_b, s3_store))
     started = time.monotonic()
     worker_a.start(concurrency=1)
-    worker_b.start(concurrency=1)
     workers_up = time.monotonic() - started
 
     with transaction.atomic():
@@ -106,17 +106,20 @@ def test_a_document_uploaded_on_node_a_is_found_on_node_b_and_a_killed_worker_lo
     node_b_web = subprocess.Popen([sys.executable, "-c", NODE_B, json.dumps(wanted)], env=env,
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
-    deadline = time.monotonic() + 120  # kill worker A while it has work in hand
+    deadline = time.monotonic() + 120  # kill worker A, the only one, while it holds work
     while time.monotonic() < deadline and not DocumentVersion.objects.filter(
             pk__in=[r.version_id for r in long_ones], status=Status.PROCESSING).exists():
         time.sleep(0.05)
     worker_a.kill()
     killed_at = time.monotonic() - started
+    every = [r.version_id for r in long_ones] + [r.version_id for r in topics.values()]
+    unfinished = DocumentVersion.objects.filter(pk__in=every).exclude(status=Status.READY)
+    assert unfinished.exists(), "worker A finished everything before it was killed"
+    worker_b.start(concurrency=1)  # the other host
 
     # What beat does every KMS_REQUEUE_EVERY_SECONDS: re-send versions left processing by
     # the dead worker (its unacknowledged messages come back only after their visibility).
     settings.KMS_STALLED_AFTER_SECONDS = 10
-    every = [r.version_id for r in long_ones] + [r.version_id for r in topics.values()]
     requeued = 0
     deadline = time.monotonic() + 240
     while wait_for_versions(every, timeout=3).done < len(every):
@@ -133,13 +136,18 @@ def test_a_document_uploaded_on_node_a_is_found_on_node_b_and_a_killed_worker_lo
         DocumentVersion.objects.filter(pk__in=every).values_list("file", flat=True))
     assert not (node_a / "media").exists() and not (node_b / "media").exists()
 
-    out, err = node_b_web.communicate(timeout=330)
+    # Beat's BM25 check too: refreshes queued by worker A died with it.
+    deadline = time.monotonic() + 330
+    while node_b_web.poll() is None and time.monotonic() < deadline:
+        refresh_stale_bm25()
+        time.sleep(3)
+    out, err = node_b_web.communicate(timeout=30)
     assert node_b_web.returncode == 0, err[-3000:]
     report = json.loads(out.strip().splitlines()[-1])
     found = report["found"]
     assert sorted(found) == sorted(wanted), (wanted, report, err[-3000:])
     delays = sorted(found.values())
-    print(f"\nworkers up {workers_up:.0f} s, worker A killed at {killed_at:.0f} s, "
+    print(f"\nworker A up {workers_up:.0f} s, killed at {killed_at:.0f} s, "
           f"all ready at {all_ready:.0f} s ({requeued} versions requeued)")
     print(f"\nready on the workers -> found by BM25 and dense on node B: "
           f"{', '.join(f'{d:.2f}' for d in delays)} s (bound: KMS_BM25_REFRESH_SECONDS=1 "

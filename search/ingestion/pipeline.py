@@ -25,6 +25,8 @@ import time
 from collections.abc import Iterable
 from datetime import timedelta
 
+from botocore.exceptions import ConnectionError as BotoConnectionError
+from botocore.exceptions import HTTPClientError
 from django.conf import settings
 from django.db import DatabaseError, transaction
 from django.db.models import F
@@ -53,7 +55,9 @@ _CHUNK_FIELDS = ("document_id", "version_id", "domain_id", "ordinal", "text", "s
 
 
 # Errors of the machine, not of the file: the task retries, and no attempt is counted.
-TRANSIENT = (DatabaseError, ConnectionError, SandboxUnavailable)
+# (botocore's: the object store unreachable or timing out, KMS_FILE_STORAGE=s3.)
+FILE_STORE_ERRORS = (BotoConnectionError, HTTPClientError)
+TRANSIENT = (DatabaseError, ConnectionError, SandboxUnavailable, *FILE_STORE_ERRORS)
 
 
 def parse_versions(
@@ -112,7 +116,8 @@ def _parse_one(version: DocumentVersion, stop_on: tuple[type[BaseException], ...
         DocumentVersion.objects.filter(pk=version.pk).update(media_type=media_type, attempts=0)
         document = version.document
         if parsed.title and document.title == default_title(version.filename):
-            Document.objects.filter(pk=document.pk).update(title=parsed.title[:500])
+            Document.objects.filter(pk=document.pk).update(
+                title=parsed.title[:500], updated_at=timezone.now())
     return True
 
 

@@ -29,7 +29,7 @@ from search.ingestion.sandbox import SandboxUnavailable
 logger = logging.getLogger(__name__)
 
 TRANSIENT_ERRORS = (OperationalError, InterfaceError, RedisConnectionError, ConnectionError,
-                    SandboxUnavailable)
+                    SandboxUnavailable, *pipeline.FILE_STORE_ERRORS)
 
 
 class PipelineTask(Task):

@@ -22,10 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from django.conf import settings
+from django.db import DatabaseError
 
 from kms.store.models import LexicalIndex
 from search.retrieval.bm25 import BM25Index
-from search.retrieval.index_artifacts import ArtifactUnavailable, checksum, read_artifact
+from search.retrieval.index_artifacts import checksum, read_artifact
 
 logger = logging.getLogger(__name__)
 
@@ -39,12 +40,29 @@ class IndexUnavailable(Exception):
 @dataclass(frozen=True)
 class _Loaded:
     row_id: int
+    domain_id: int
     index: BM25Index
 
 
 _loaded: dict[tuple[str, Level], _Loaded] = {}
 _failed: dict[int, tuple[float, str]] = {}  # row id -> (monotonic time, reason)
-_lock = threading.Lock()
+_locks: dict[tuple[str, Level], threading.Lock] = {}
+_locks_lock = threading.Lock()
+
+
+def _lock_of(key: tuple[str, Level]) -> threading.Lock:
+    """One loader per domain and level: a big load never holds up another domain."""
+    with _locks_lock:
+        return _locks.setdefault(key, threading.Lock())
+
+
+def _is_current(loaded: _Loaded | None, newest: LexicalIndex) -> bool:
+    """Only move forward: a reader whose snapshot predates the loaded version keeps what is
+    loaded instead of going back to an older one. Rows are compared by primary key, which
+    grows with every insert, so versions numbered anew (rows deleted, a restored backup)
+    still count as newer."""
+    return (loaded is not None and loaded.domain_id == newest.domain_id
+            and loaded.row_id >= newest.pk)
 
 
 def cache_dir(domain_slug: str, level: Level) -> Path:
@@ -63,15 +81,17 @@ def current_index(domain_slug: str, level: Level = "chunks") -> BM25Index | None
         _loaded.pop(key, None)
         return None
     loaded = _loaded.get(key)
-    if loaded is not None and loaded.row_id == newest.pk:
-        return loaded.index
+    if _is_current(loaded, newest):
+        return loaded.index  # type: ignore[union-attr]
+    if loaded is not None and loaded.domain_id != newest.domain_id:
+        loaded = None  # a domain of the same name made anew: nothing of the old one applies
+    lock = _lock_of(key)
     # Another thread loading a new version: keep serving this one meanwhile.
-    if not _lock.acquire(blocking=loaded is None):
+    if not lock.acquire(blocking=loaded is None):
         return loaded.index  # type: ignore[union-attr]
     try:
-        loaded = _loaded.get(key)
-        if loaded is not None and loaded.row_id == newest.pk:
-            return loaded.index
+        if _is_current(_loaded.get(key), newest):
+            return _loaded[key].index
         if _load(key, newest):
             return _loaded[key].index
         if loaded is not None:
@@ -79,9 +99,11 @@ def current_index(domain_slug: str, level: Level = "chunks") -> BM25Index | None
         for older in rows.filter(version__lt=newest.version).order_by("-version"):
             if _load(key, older):
                 return _loaded[key].index
-        raise IndexUnavailable(_failed[newest.pk][1])
+        raise IndexUnavailable(
+            f"no version of the BM25 {level} index of {domain_slug} loads on this node "
+            f"(newest: version {newest.version}; the server log says why)")
     finally:
-        _lock.release()
+        lock.release()
 
 
 def _load(key: tuple[str, Level], row: LexicalIndex) -> bool:
@@ -91,14 +113,16 @@ def _load(key: tuple[str, Level], row: LexicalIndex) -> bool:
         return False
     try:
         index = BM25Index.load(io.BytesIO(_artifact(key, row)))
-    except (ArtifactUnavailable, ValueError, OSError) as exc:
+    except DatabaseError:
+        raise  # the search's own transaction is broken: nothing to fall back on
+    except Exception as exc:  # damaged, unreachable, out of memory: serve what loads
         reason = f"BM25 index {row} cannot be loaded: {exc}"
         logger.error("%s. Serving the last good version; retrying in %s s.", reason,
                      settings.KMS_BM25_RETRY_SECONDS)
         _failed[row.pk] = (time.monotonic(), reason)
         return False
     _failed.pop(row.pk, None)
-    _loaded[key] = _Loaded(row.pk, index)
+    _loaded[key] = _Loaded(row.pk, row.domain_id, index)
     logger.info("Loaded %s (%d entries)", row, len(index))
     return True
 
@@ -130,9 +154,9 @@ def _artifact(key: tuple[str, Level], row: LexicalIndex) -> bytes:
 
 def forget(domain_slug: str | None = None) -> None:
     """Drop loaded indexes (of one domain, or all) and their cache files."""
-    with _lock:
-        for key in [k for k in _loaded if domain_slug in (None, k[0])]:
-            del _loaded[key]
-        _failed.clear()
+    for key in [k for k in _loaded if domain_slug in (None, k[0])]:
+        with _lock_of(key):
+            _loaded.pop(key, None)
+    _failed.clear()
     root = Path(settings.KMS_INDEX_DIR) / "bm25"
     shutil.rmtree(root / domain_slug if domain_slug else root, ignore_errors=True)

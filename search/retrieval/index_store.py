@@ -104,16 +104,28 @@ def _fingerprints(domain_ids: Iterable[int] | None = None) -> _Fingerprints:
     )
 
 
-def build_index(domain: Domain, *, only_if_stale: bool = False) -> BM25Index | None:
+class BuildInProgress(Exception):
+    """Another node is building this domain's indexes (``build_index(wait=False)``)."""
+
+
+def build_index(domain: Domain, *, only_if_stale: bool = False,
+                wait: bool = True) -> BM25Index | None:
     """Build and publish the domain's chunk and document indexes; returns the chunk index.
 
-    With ``only_if_stale`` (what the refresh task asks) a build that waited for another
-    builder's lock and finds that build already covered every change returns None.
+    With ``only_if_stale`` a build that finds the newest version covers every change returns
+    None. With ``wait=False`` (the refresh task, so that no worker slot idles on the lock
+    while a long build runs) a build already running raises ``BuildInProgress``.
     """
     started = time.perf_counter()
     with transaction.atomic():
         with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [_LOCK_CLASS, domain.pk])
+            if wait:
+                cursor.execute("SELECT pg_advisory_xact_lock(%s, %s)", [_LOCK_CLASS, domain.pk])
+            else:
+                cursor.execute("SELECT pg_try_advisory_xact_lock(%s, %s)",
+                               [_LOCK_CLASS, domain.pk])
+                if not cursor.fetchone()[0]:
+                    raise BuildInProgress(f"a BM25 build of {domain.slug} is running")
             # Read after the lock, before the data: changes after it may be missing.
             cursor.execute("SELECT clock_timestamp()")
             watermark = cursor.fetchone()[0]
@@ -157,15 +169,16 @@ def _remove_superseded(domain: Domain, level: str) -> None:
     cutoff = timezone.now() - timedelta(seconds=settings.KMS_BM25_GRACE_SECONDS)
     for successor, row in zip(rows[KEEP_VERSIONS - 1:], rows[KEEP_VERSIONS:], strict=False):
         if successor.created_at <= cutoff:
-            index_artifacts.delete_artifact(row)
             row.delete()
+            transaction.on_commit(lambda row=row: index_artifacts.delete_artifact(row))
 
 
 def remove_indexes(domain: Domain) -> None:
     """Delete a domain's published indexes (before the domain itself) and this node's copies."""
-    for row in LexicalIndex.objects.filter(domain=domain):
-        index_artifacts.delete_artifact(row)
+    rows = list(LexicalIndex.objects.filter(domain=domain))
     LexicalIndex.objects.filter(domain=domain).delete()
+    for row in rows:
+        transaction.on_commit(lambda row=row: index_artifacts.delete_artifact(row))
     forget(domain.slug)
 
 

@@ -10,13 +10,16 @@ def claim_refresh(domain_id: int) -> bool:
 
     The pending marker is cleared when the build starts (``clear_pending``), so documents that
     become ready during a build trigger the next one: a ready document is findable by BM25
-    within KMS_BM25_REFRESH_SECONDS plus one build (seconds for 10,000s of chunks).
+    within KMS_BM25_REFRESH_SECONDS plus one build (seconds for 10,000s of chunks). It also
+    expires soon after the task was due, so a task lost with a killed worker holds up the
+    next refresh by that long at most (a duplicate task costs nothing: it finds the index
+    fresh or the build running).
     """
     import redis
 
     client = redis.Redis.from_url(_redis_py_url(settings.REDIS_URL))
     delay = settings.KMS_BM25_REFRESH_SECONDS
-    return bool(client.set(pending_key(domain_id), "1", nx=True, ex=max(delay * 10, 600)))
+    return bool(client.set(pending_key(domain_id), "1", nx=True, ex=max(delay * 3, 30)))
 
 
 def pending_key(domain_id: int) -> str:

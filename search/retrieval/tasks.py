@@ -18,7 +18,11 @@ def refresh_bm25(domain_id: int) -> int:
 
     refresh_claims.clear_pending(domain_id)
     domain = Domain.objects.filter(pk=domain_id).first()
-    index = index_store.build_index(domain, only_if_stale=True) if domain else None
+    try:
+        index = index_store.build_index(domain, only_if_stale=True, wait=False) if domain else None
+    except index_store.BuildInProgress:
+        schedule_refresh({domain_id})  # after that build: it may miss what triggered this one
+        return 0
     return len(index) if index is not None else 0
 
 
