@@ -53,3 +53,27 @@ def test_bm25_artifacts_can_live_beside_the_files(s3_store: S3Store, domain, set
     index_store.build_index(domain)
     artifacts = [key for key in s3_store.object_keys() if key.startswith("bm25/healthcare/")]
     assert sorted(key.split("/")[2] for key in artifacts) == ["chunks", "documents"]
+
+
+def test_an_unreachable_object_store_is_retried_not_blamed_on_the_file(
+    s3_store: S3Store, domain, settings, monkeypatch
+) -> None:
+    import socket
+
+    from botocore.exceptions import EndpointConnectionError
+
+    from search.ingestion.pipeline import parse_versions
+
+    result = add_document(domain, uploader=OPERATOR, source="hh.md", filename="hh.md",
+                          content=POLICY, queue=False)
+    with socket.socket() as probe:  # a port nothing listens on: the store is down
+        probe.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    options = settings.STORAGES["default"]["OPTIONS"]
+    settings.STORAGES = {**settings.STORAGES, "default": {
+        **settings.STORAGES["default"], "OPTIONS": {**options, "endpoint_url": dead}}}
+    with pytest.raises(EndpointConnectionError):
+        parse_versions([result.version_id])  # the task retries this (TRANSIENT_ERRORS)
+    version = DocumentVersion.objects.get(pk=result.version_id)
+    assert version.status != Status.FAILED and version.attempts == 0
