@@ -89,6 +89,15 @@ class _Fingerprints:
     chunks: dict[int, str]
     documents: dict[int, str]
 
+    def of_chunks(self, domain_id: int) -> str:
+        return self.chunks.get(domain_id, _NOTHING)
+
+    def of_documents(self, domain_id: int) -> str:
+        return self.documents.get(domain_id, _NOTHING)
+
+
+_NOTHING = "0:None"  # the fingerprint of nothing served (no row in the aggregate)
+
 
 def _fingerprints(domain_ids: Iterable[int] | None = None) -> _Fingerprints:
     chunks = Chunk.objects.filter(is_current=True)
@@ -129,14 +138,14 @@ def build_index(domain: Domain, *, only_if_stale: bool = False,
             # Read after the lock, before the data: changes after it may be missing.
             cursor.execute("SELECT clock_timestamp()")
             watermark = cursor.fetchone()[0]
-        if only_if_stale and domain.pk not in stale_domains([domain.pk]):
-            return None
         fingerprints = _fingerprints([domain.pk])
+        if only_if_stale and domain.pk not in _stale_among(fingerprints, [domain.pk]):
+            return None
         chunks = _build_and_publish(domain, LexicalIndex.Level.CHUNKS, chunk_texts(domain),
-                                    watermark, fingerprints.chunks.get(domain.pk, "0:None"),
+                                    watermark, fingerprints.of_chunks(domain.pk),
                                     started)
         _build_and_publish(domain, LexicalIndex.Level.DOCUMENTS, document_texts(domain),
-                           watermark, fingerprints.documents.get(domain.pk, "0:None"), started)
+                           watermark, fingerprints.of_documents(domain.pk), started)
     return chunks
 
 
@@ -188,7 +197,10 @@ def stale_domains(domain_ids: Iterable[int] | None = None) -> set[int]:
 
     Beat checks this periodically as a safety net for refreshes lost with a broker restart.
     """
-    fingerprints = _fingerprints(domain_ids)
+    return _stale_among(_fingerprints(domain_ids), domain_ids)
+
+
+def _stale_among(fingerprints: _Fingerprints, domain_ids: Iterable[int] | None) -> set[int]:
     newest: dict[int, dict[str, LexicalIndex]] = {}
     indexes = LexicalIndex.objects.order_by("domain_id", "level", "-version").distinct(
         "domain_id", "level")
@@ -207,8 +219,8 @@ def stale_domains(domain_ids: Iterable[int] | None = None) -> set[int]:
             if domain_id in fingerprints.documents:
                 stale.add(domain_id)
             continue
-        if (chunks.fingerprint != fingerprints.chunks.get(domain_id, "0:None")
-                or documents.fingerprint != fingerprints.documents.get(domain_id, "0:None")
+        if (chunks.fingerprint != fingerprints.of_chunks(domain_id)
+                or documents.fingerprint != fingerprints.of_documents(domain_id)
                 or (last_change.get(domain_id) or chunks.watermark) > chunks.watermark):
             stale.add(domain_id)
     return stale
