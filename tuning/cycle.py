@@ -380,7 +380,7 @@ def new_run(domain: Domain, kind: str, params: dict | None = None,
     base = settings.KMS_EMBEDDING_MODEL
     if kind == ModelRun.Kind.EMBEDDER:
         served = registry.served_run(domain, kind)
-        if served is not None and (Path(served.model_dir) / "config.json").is_file():
+        if served is not None and registry.files_present(served):
             base = served.model_dir
     data = data or DataOptions.for_domain(domain)
     stored = {name: str(value) if isinstance(value, Path) else value

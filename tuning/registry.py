@@ -16,6 +16,7 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from kms.store import model_files
 from kms.store.models import Domain, EmbeddingSpace, ModelRun
 from search.ingestion import signals, spaces
 from search.ingestion.embedding import Embedder
@@ -99,6 +100,7 @@ def finish(run: ModelRun, *, model_dir: Path, data_counts: dict, loss_curve: lis
         run.state = ModelRun.State.REJECTED
         fields.append("state")
     run.save(update_fields=fields)
+    model_files.publish(model_dir)  # before promotion: any node may then serve it
     if passed:  # still *training* until it is served: nobody sees it rejected in between
         try:
             promote(run, judged=True)
@@ -178,7 +180,7 @@ def roll_back(domain: Domain, kind: str) -> ModelRun | None:
                                             state=ModelRun.State.RETIRED,
                                             promoted_at__lt=current.promoted_at)
                     .exclude(pk=current.pk).order_by("-promoted_at").first())
-        if previous is not None and not _files_present(previous):
+        if previous is not None and not files_present(previous):
             previous = None
         if previous is not None:
             previous.state = ModelRun.State.PROMOTED
@@ -203,13 +205,18 @@ def _complete_switch(domain_id: int) -> None:
 
 
 def check_files(run: ModelRun) -> None:
-    if not _files_present(run):
+    if not files_present(run):
         raise RegistryError(f"The files of run {run.pk} are missing from {run.model_dir}; "
                             "train a new run.")
 
 
-def _files_present(run: ModelRun) -> bool:
-    return bool(run.model_dir) and (Path(run.model_dir) / "config.json").is_file()
+def files_present(run: ModelRun) -> bool:
+    """The run's files are on this node, fetched from the model store if need be."""
+    try:
+        return bool(run.model_dir) and model_files.ensure_local(Path(run.model_dir))
+    except model_files.ModelFilesUnavailable as exc:
+        logger.warning("%s", exc)
+        return False
 
 
 def served_run(domain: Domain, kind: str) -> ModelRun | None:

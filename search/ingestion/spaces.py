@@ -13,11 +13,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable
+from pathlib import Path
 
 from django.db import connection, transaction
 from django.db.models import Exists, OuterRef, Q, QuerySet
 from django.utils import timezone
 
+from kms.store import model_files
 from kms.store.models import Chunk, ChunkSet, ChunkVector, Domain, EmbeddingSpace, ModelRun
 from search.ingestion.embedding import Embedder, ModelNotFoundError, get_embedder, passage_text
 
@@ -71,9 +73,10 @@ def embedder_for(space: EmbeddingSpace) -> Embedder:
     """The model that made ``space``'s vectors; SpaceUnavailable if it is gone or changed
     (its query vectors would not be comparable)."""
     try:
+        model_files.ensure_local(Path(space.model_path))  # a fine-tuned run's, on this node
         embedder = get_embedder(space.model_path, space.backend)
         version = embedder.version
-    except (ModelNotFoundError, OSError, ValueError) as exc:
+    except (ModelNotFoundError, OSError, ValueError, model_files.ModelFilesUnavailable) as exc:
         raise SpaceUnavailable(f"The model of embedding space {space.name} cannot be loaded "
                                f"from {space.model_path}: {exc}") from exc
     if version != space.name:

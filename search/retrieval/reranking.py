@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 from django.conf import settings
 
+from kms.store import model_files
 from kms.store.models import Domain, ModelRun
 
 
@@ -76,11 +77,11 @@ def load_cross_encoder(path: Path):
 
     with _lock:
         if path not in _models:
-            if not (path / "config.json").is_file():
-                raise RerankerUnavailable(f"No reranker model at {path}.")
             try:
+                if not model_files.ensure_local(path):
+                    raise RerankerUnavailable(f"No reranker model at {path}.")
                 _models[path] = CrossEncoder(str(path), device="cpu")
-            except (OSError, ValueError) as exc:
+            except (OSError, ValueError, model_files.ModelFilesUnavailable) as exc:
                 raise RerankerUnavailable(f"Cannot load the reranker at {path}: {exc}") from exc
         return _models[path]
 
