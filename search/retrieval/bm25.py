@@ -25,9 +25,7 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
 import re
-import tempfile
 from array import array
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -39,8 +37,6 @@ import numpy as np
 import scipy.sparse as sp
 
 FORMAT_VERSION = 1
-FILE_PREFIX = "bm25-"
-FILE_SUFFIX = ".npz"
 _VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
@@ -259,24 +255,6 @@ class BM25Index:
         buffer = io.BytesIO()
         self.write(buffer)
         return buffer.getvalue()
-
-    def save(self, directory: Path) -> Path:
-        """Write ``bm25-<version>.npz`` atomically (temp file, fsync, ``os.replace``), so
-        readers see either no file or a complete one."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        target = directory / f"{FILE_PREFIX}{self.version}{FILE_SUFFIX}"
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=directory)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                self.write(handle)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp_name, target)
-        except BaseException:
-            Path(tmp_name).unlink(missing_ok=True)
-            raise
-        return target
 
     @classmethod
     def load(cls, source: Path | BinaryIO) -> BM25Index:

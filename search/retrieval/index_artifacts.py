@@ -12,7 +12,10 @@ row's SHA-256.
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
+from collections.abc import Iterator
+from typing import BinaryIO
 
 from django.conf import settings
 from django.core.files.base import ContentFile
@@ -52,27 +55,51 @@ def save_artifact(row: LexicalIndex, data: bytes) -> None:
     )
 
 
-def read_artifact(row: LexicalIndex) -> bytes:
-    """The artifact's bytes, checked against the row's checksum."""
+def copy_artifact(row: LexicalIndex, handle: BinaryIO) -> None:
+    """Write the artifact into ``handle`` part by part, checked against the row's checksum
+    as it streams, so a million-chunk index never sits in memory twice. On a mismatch the
+    handle holds damaged bytes: the caller discards them."""
+    digest, size = hashlib.sha256(), 0
     try:
-        if row.storage_name:
-            with storages[settings.KMS_BM25_ARTIFACT_STORAGE].open(row.storage_name, "rb") as f:
-                data = f.read()
-        else:
-            parts = (LexicalIndexPart.objects.filter(index_id=row.pk).order_by("position")
-                     .values_list("data", flat=True).iterator(chunk_size=2))
-            data = b"".join(bytes(part) for part in parts)
+        for block in _blocks(row):
+            digest.update(block)
+            handle.write(block)
+            size += len(block)
     except DatabaseError:
         raise
     except Exception as exc:  # any storage backend's failure (OSError, botocore, ...)
         raise ArtifactUnavailable(f"{row} cannot be read from its store: {exc}") from exc
-    if len(data) != row.size_bytes or checksum(data) != row.checksum:
+    if size != row.size_bytes or digest.hexdigest() != row.checksum:
         raise ArtifactUnavailable(
-            f"{row} failed its checksum ({len(data)} bytes read, {row.size_bytes} published): "
+            f"{row} failed its checksum ({size} bytes read, {row.size_bytes} published): "
             "the stored artifact is damaged; the next rebuild (manage.py refresh_bm25) "
             "replaces it"
         )
-    return data
+
+
+def _blocks(row: LexicalIndex) -> Iterator[bytes]:
+    if row.storage_name:
+        with storages[settings.KMS_BM25_ARTIFACT_STORAGE].open(row.storage_name, "rb") as f:
+            yield from iter(lambda: f.read(PART_BYTES), b"")
+        return
+    parts = (LexicalIndexPart.objects.filter(index_id=row.pk).order_by("position")
+             .values_list("data", flat=True).iterator(chunk_size=2))
+    for part in parts:
+        yield bytes(part)
+
+
+def read_artifact(row: LexicalIndex) -> bytes:
+    """The artifact's checked bytes (for a node that cannot cache it on disk)."""
+    buffer = io.BytesIO()
+    copy_artifact(row, buffer)
+    return buffer.getvalue()
+
+
+def stream_checksum(handle: BinaryIO) -> str:
+    digest = hashlib.sha256()
+    for block in iter(lambda: handle.read(1 << 20), b""):
+        digest.update(block)
+    return digest.hexdigest()
 
 
 def delete_artifact(row: LexicalIndex) -> None:

@@ -20,13 +20,14 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from django.conf import settings
 from django.db import DatabaseError
 
 from kms.store.models import LexicalIndex
 from search.retrieval.bm25 import BM25Index
-from search.retrieval.index_artifacts import checksum, read_artifact
+from search.retrieval.index_artifacts import copy_artifact, read_artifact, stream_checksum
 
 logger = logging.getLogger(__name__)
 
@@ -112,7 +113,8 @@ def _load(key: tuple[str, Level], row: LexicalIndex) -> bool:
     if failed is not None and time.monotonic() - failed[0] < settings.KMS_BM25_RETRY_SECONDS:
         return False
     try:
-        index = BM25Index.load(io.BytesIO(_artifact(key, row)))
+        with _artifact(key, row) as artifact:
+            index = BM25Index.load(artifact)
     except DatabaseError:
         raise  # the search's own transaction is broken: nothing to fall back on
     except Exception as exc:  # damaged, unreachable, out of memory: serve what loads
@@ -127,29 +129,46 @@ def _load(key: tuple[str, Level], row: LexicalIndex) -> bool:
     return True
 
 
-def _artifact(key: tuple[str, Level], row: LexicalIndex) -> bytes:
-    """The checked bytes from this node's cache, else from the shared store (then cached)."""
+def _artifact(key: tuple[str, Level], row: LexicalIndex) -> BinaryIO:
+    """The checked artifact, open: from this node's cache, else fetched from the shared store
+    into it (streamed to disk and read back: one copy in memory, not two). Checked and read
+    through one open file, so another process replacing the cache cannot swap it between."""
     directory = cache_dir(*key)
     path = directory / f"{row.version}-{row.checksum[:16]}.npz"
-    try:
-        data = path.read_bytes()
-        if checksum(data) == row.checksum:
-            return data
-        logger.warning("Cached %s is damaged; fetching it again", path)
-    except FileNotFoundError:
-        pass
-    data = read_artifact(row)
+    cached = _open_checked(path, row.checksum)
+    if cached is not None:
+        return cached
+    tmp = directory / f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp"
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        tmp = directory / f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp"
-        tmp.write_bytes(data)
+        with tmp.open("wb") as handle:
+            copy_artifact(row, handle)
         os.replace(tmp, path)
-        for other in directory.glob("*.npz"):
-            if other != path:
-                other.unlink(missing_ok=True)
     except OSError as exc:  # the cache is an optimisation: serve from memory regardless
         logger.warning("Cannot cache %s in %s: %s", row, directory, exc)
-    return data
+        tmp.unlink(missing_ok=True)
+        return io.BytesIO(read_artifact(row))
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    for other in directory.glob("*.npz"):
+        if other != path:
+            other.unlink(missing_ok=True)  # a process still reading it keeps its open file
+    fetched = _open_checked(path, row.checksum)
+    return fetched if fetched is not None else io.BytesIO(read_artifact(row))
+
+
+def _open_checked(path: Path, expected: str) -> BinaryIO | None:
+    try:
+        handle = path.open("rb")
+    except FileNotFoundError:
+        return None
+    if stream_checksum(handle) == expected:
+        handle.seek(0)
+        return handle
+    handle.close()
+    logger.warning("Cached %s is damaged; fetching it again", path)
+    return None
 
 
 def forget(domain_slug: str | None = None) -> None:
