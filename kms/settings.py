@@ -141,6 +141,9 @@ DATABASE_URL = _service_url("DATABASE_URL", embedded.postgres_url)
 DATABASES = {
     "default": dj_database_url.parse(DATABASE_URL, conn_max_age=60, conn_health_checks=True)
 }
+# Behind PgBouncer in transaction mode a server-side cursor (QuerySet.iterator) may outlive
+# its server connection; kms's own locks and SET LOCALs are transaction-scoped already.
+DATABASES["default"]["DISABLE_SERVER_SIDE_CURSORS"] = env_bool("KMS_DB_TRANSACTION_POOLER", False)
 if test_db_name := os.environ.get("KMS_TEST_DB_NAME"):  # parallel test runs on one server
     DATABASES["default"]["TEST"] = {"NAME": test_db_name}
 
@@ -323,6 +326,15 @@ KMS_RERANK_WEIGHTS = tuple(
 
 # Domain fine-tuning (tuning/): model files, the held-out share, the gate.
 KMS_MODELS_DIR = Path(os.environ.get("KMS_MODELS_DIR") or DATA_DIR / "models").resolve()
+# A STORAGES alias the trainer publishes trained models to and other nodes fetch them from
+# ("default": beside the uploaded files); empty: KMS_MODELS_DIR is the only copy.
+KMS_MODEL_STORAGE = os.environ.get("KMS_MODEL_STORAGE", "")
+for _name in ("KMS_BM25_ARTIFACT_STORAGE", "KMS_MODEL_STORAGE"):
+    if globals()[_name] and globals()[_name] not in STORAGES:
+        raise ImproperlyConfigured(
+            f"{_name}={globals()[_name]!r} names no storage; use one of {', '.join(STORAGES)} "
+            "or leave it empty."
+        )
 KMS_TUNING_HELD_OUT = env_float("KMS_TUNING_HELD_OUT", 0.2)  # of the queries, never trained on
 KMS_TUNING_SYNTHETIC_LIMIT = env_int("KMS_TUNING_SYNTHETIC_LIMIT", 600)  # pairs per cycle
 KMS_TUNING_MINE_LIMIT = env_int("KMS_TUNING_MINE_LIMIT", 1000)  # label-free: pairs mined

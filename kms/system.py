@@ -8,9 +8,11 @@ import socket
 import sys
 import time
 import urllib.request
+from urllib.parse import quote
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
+from django.db import connection
 
 
 def service_commands(host: str, port: int, concurrency: int) -> dict[str, list[str]]:
@@ -44,6 +46,17 @@ def child_environment() -> dict[str, str]:
         "DJANGO_SETTINGS_MODULE": "kms.settings",
         "KMS_DATA_DIR": str(settings.DATA_DIR),
     }
+
+
+def connected_database_url() -> str:
+    """The URL of the database this process is connected to (in the suite, the test
+    database, which ``DATABASE_URL`` does not name), for a child process to use."""
+    db = connection.settings_dict
+    user = quote(db.get("USER") or "")
+    password = f":{quote(db['PASSWORD'])}" if db.get("PASSWORD") else ""
+    host = quote(db.get("HOST") or db.get("OPTIONS", {}).get("host", ""), safe="")
+    port = f":{db['PORT']}" if db.get("PORT") else ""
+    return f"postgresql://{user}{password}@{host}{port}/{db['NAME']}"
 
 
 def port_free(host: str, port: int) -> bool:

@@ -15,14 +15,13 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import quote
 
 import pytest
 from django.conf import settings
-from django.db import connection
 
 from kms.access import Access
 from kms.store.models import Domain
+from kms.system import connected_database_url
 
 ROOT = Path(__file__).resolve().parent.parent
 DEVELOPER_DATA = ROOT / ".kms-data"
@@ -78,12 +77,7 @@ def domain(db) -> Domain:
 
 def worker_database_url() -> str:
     """A URL for the test database that another process (a worker) can use."""
-    db = connection.settings_dict
-    user = quote(db.get("USER") or "")
-    password = f":{quote(db['PASSWORD'])}" if db.get("PASSWORD") else ""
-    host = quote(db.get("HOST") or db.get("OPTIONS", {}).get("host", ""), safe="")
-    port = f":{db['PORT']}" if db.get("PORT") else ""
-    return f"postgresql://{user}{password}@{host}{port}/{db['NAME']}"
+    return connected_database_url()
 
 
 @dataclass

@@ -7,9 +7,12 @@ import json
 import numpy as np
 import pytest
 from django.core.management import call_command
+from django.db import connection
 
-from kms.store.models import Chunk, Document, Domain
+from kms.store.models import Chunk, ChunkVector, Document, Domain
+from search.evaluation import index_memory
 from search.evaluation.benchmark import (
+    format_table,
     grow_domain,
     load_queries,
     percentiles,
@@ -17,6 +20,8 @@ from search.evaluation.benchmark import (
     run_benchmark,
     searchable_count,
 )
+from search.evaluation.index_memory import MemoryProbeError
+from search.ingestion import spaces
 from search.ingestion.documents import add_document
 from search.ingestion.progress import process_inline
 from search.retrieval import index_store as bm25_store
@@ -117,7 +122,7 @@ def test_queries_come_from_the_file_or_from_chunk_sentences(db, tmp_path) -> Non
 def test_small_run_times_every_mode_and_matches_rank_bm25(source: Domain) -> None:
     report = run_benchmark(
         size=300, source_domain=source.slug, queries=12, queries_file=None,
-        rank_bm25_queries=12, progress=False, echo=lambda _: None,
+        rank_bm25_queries=12, measure_memory=False, progress=False, echo=lambda _: None,
     )
     assert report.growth.chunks == 300 and report.index["chunks"] == 300
     assert report.index["documents"] == Document.objects.filter(domain__slug="bench").count()
@@ -129,13 +134,41 @@ def test_small_run_times_every_mode_and_matches_rank_bm25(source: Domain) -> Non
     assert comparison.queries == 12 and comparison.identical and comparison.scores_identical
 
 
+def test_hnsw_rebuild_and_a_fresh_process_memory_probe(source: Domain, transactional_db) -> None:
+    """Committed data (transactional_db): the probe is another process that must see it."""
+    space = spaces.served_space(source)
+    report = run_benchmark(
+        size=120, source_domain=source.slug, queries=4, queries_file=None, modes=["hybrid"],
+        rank_bm25_queries=0, build_hnsw=True, maintenance_work_mem="64MB", progress=False,
+        echo=lambda _: None,
+    )
+    vectors = report.vector_index
+    assert vectors.build_s > 0 and vectors.index_bytes > 0
+    assert vectors.vectors == ChunkVector.objects.filter(space=space).count() >= 120
+    assert vectors.vector_bytes >= vectors.vectors * space.dimensions * 4
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1 FROM pg_indexes WHERE indexname = %s", [space.index_name])
+        assert cursor.fetchone(), "the HNSW index is back after the run"
+    memory = report.bm25_memory
+    assert memory.chunk_entries == 120 and memory.document_entries == report.index["documents"]
+    assert memory.baseline_mb > 50 and memory.chunks_array_mb > 0
+    assert memory.per_million_chunks_mb() == pytest.approx(memory.total_mb * 1e6 / 120)
+    assert "per million chunks" in format_table(report)
+
+
+def test_the_memory_probe_says_when_a_domain_has_no_index(source: Domain,
+                                                          transactional_db) -> None:
+    with pytest.raises(MemoryProbeError, match="no published chunks index"):
+        index_memory.measure(source.slug)
+
+
 @pytest.mark.slow
 def test_command_prints_the_table_and_writes_bench_json(source: Domain, tmp_path, capsys) -> None:
     output = tmp_path / "report"
     call_command(
         "bench_search", "--size", "300", "--source-domain", source.slug, "--queries", "8",
         "--queries-file", "", "--modes", "bm25,hybrid", "--rank-bm25-queries", "5",
-        "--output", str(output),
+        "--no-memory", "--output", str(output),
     )
     printed = capsys.readouterr().out
     assert "hybrid" in printed and "identical top-100: True" in printed

@@ -39,8 +39,9 @@ from kms.store.models import (
     EmbeddingSpace,
     Status,
 )
-from search.evaluation import domains, stats
+from search.evaluation import domains, index_memory, stats
 from search.evaluation.bm25_comparison import RankBM25Comparison, compare_rank_bm25
+from search.evaluation.index_memory import IndexMemory
 from search.ingestion import spaces
 from search.ingestion.sentences import split_sentences
 from search.retrieval import index_cache
@@ -96,6 +97,18 @@ class Latency:
     empty: int  # queries that returned no document
 
 
+@dataclass(frozen=True)
+class VectorIndex:
+    """The HNSW index of the benchmark's embedding space (shared with the source domain)."""
+
+    space: str
+    vectors: int  # rows of the space, every domain's
+    index_bytes: int
+    vector_bytes: int  # the vectors' table and TOAST share, estimated as rows x row width
+    build_s: float | None  # None unless --build-hnsw rebuilt it in this run
+    maintenance_work_mem: str
+
+
 @dataclass
 class BenchReport:
     growth: Growth
@@ -104,10 +117,18 @@ class BenchReport:
     index: dict[str, int | str]
     latency: dict[str, Latency]
     rank_bm25: RankBM25Comparison | None
+    vector_index: VectorIndex | None = None
+    bm25_memory: IndexMemory | None = None
     settings: dict[str, object] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return asdict(self) | {"chunks_per_second": self.growth.chunks_per_second}
+        data = asdict(self) | {"chunks_per_second": self.growth.chunks_per_second}
+        if self.bm25_memory is not None:
+            data["bm25_memory"] |= {
+                "total_mb": self.bm25_memory.total_mb,
+                "per_million_chunks_mb": self.bm25_memory.per_million_chunks_mb(),
+            }
+        return data
 
 
 @dataclass
@@ -339,6 +360,44 @@ def settle() -> float:
     return time.perf_counter() - started
 
 
+# --- the HNSW index ---------------------------------------------------------------------------
+
+
+def drop_vector_index(space: EmbeddingSpace) -> None:
+    """Drop the space's HNSW index, so bulk inserts skip the per-row graph update."""
+    with connection.cursor() as cursor:
+        cursor.execute(f"DROP INDEX IF EXISTS {space.index_name}")
+
+
+def build_vector_index(space: EmbeddingSpace, maintenance_work_mem: str) -> float:
+    """Build the space's HNSW index as ``ensure_index`` does; returns seconds.
+
+    ``maintenance_work_mem`` should hold the whole graph (pgvector warns and slows down by an
+    order of magnitude once it does not): about 2 GB for a million 384-d vectors.
+    """
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT set_config('maintenance_work_mem', %s, false)",
+                       [maintenance_work_mem])
+        started = time.perf_counter()
+        spaces.ensure_index(space)
+        seconds = time.perf_counter() - started
+        cursor.execute("RESET maintenance_work_mem")
+    return seconds
+
+
+def vector_index_figures(space: EmbeddingSpace, build_s: float | None,
+                         maintenance_work_mem: str) -> VectorIndex:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*), coalesce(sum(pg_column_size(embedding)), 0) "
+                       "FROM store_chunkvector WHERE space_id = %s", [space.pk])
+        vectors, vector_bytes = cursor.fetchone()
+        cursor.execute("SELECT coalesce(pg_relation_size(to_regclass(%s)), 0)",
+                       [space.index_name])
+        (index_bytes,) = cursor.fetchone()
+    return VectorIndex(space.name, vectors, index_bytes, vector_bytes, build_s,
+                       maintenance_work_mem)
+
+
 # --- queries and latency --------------------------------------------------------------------
 
 
@@ -425,20 +484,42 @@ def run_benchmark(
     modes: Sequence[str] = MODES,
     rank_bm25_queries: int = 20,
     drop: bool = False,
+    build_hnsw: bool = False,
+    maintenance_work_mem: str = "4GB",
+    measure_memory: bool = True,
     k: int = 10,
     warmup: int = 5,
     seed: int = 0,
     progress: bool = True,
     echo: Echo = print,
 ) -> BenchReport:
-    """Grow, index, time every mode, compare with rank-bm25; nothing is written to disk."""
+    """Grow, index, time every mode, compare with rank-bm25; nothing is written to disk.
+
+    ``build_hnsw`` drops the source space's HNSW index before growing and builds it again
+    afterwards, timed: meant for a development database, since dense search in every domain
+    of that space scans without the index meanwhile. ``measure_memory`` loads the published
+    BM25 indexes in a fresh process to read what a serving process holds.
+    """
     unknown = [m for m in modes if m not in MODES]
     if unknown:
         raise BenchmarkError(f"Unknown modes {unknown}; use some of {', '.join(MODES)}.")
     if queries_file is not None and not Path(queries_file).is_file():
         raise BenchmarkError(f"No queries file at {queries_file}.")
-    growth = grow_domain(size, domain=domain, source_domain=source_domain, drop=drop,
-                         seed=seed, progress=progress)
+    source = Domain.objects.filter(slug=source_domain).first()
+    if source is None:
+        raise BenchmarkError(f"Unknown source domain {source_domain!r}.")
+    space = spaces.served_space(source)
+    hnsw_build_s = None
+    if build_hnsw:
+        echo(f"Dropping the HNSW index of space {space.name} until the growth is done.")
+        drop_vector_index(space)
+    try:
+        growth = grow_domain(size, domain=domain, source_domain=source_domain, drop=drop,
+                             seed=seed, progress=progress)
+    finally:
+        if build_hnsw:
+            echo(f"Building the HNSW index (maintenance_work_mem={maintenance_work_mem})...")
+            hnsw_build_s = build_vector_index(space, maintenance_work_mem)
     if growth.dropped_chunks:
         echo(f"Dropped {growth.dropped_chunks:,} chunks of {domain!r} in "
              f"{growth.drop_seconds:.1f} s.")
@@ -448,6 +529,10 @@ def run_benchmark(
         echo(f"Grew domain {domain!r} by {growth.added_chunks:,} chunks "
              f"({growth.added_documents:,} documents) to {growth.chunks:,} in "
              f"{growth.seconds:.1f} s = {growth.chunks_per_second:,.0f} chunks/s.")
+    vector_index = vector_index_figures(space, hnsw_build_s, maintenance_work_mem)
+    echo(f"HNSW index of {vector_index.vectors:,} vectors: "
+         f"{vector_index.index_bytes / 2**20:,.0f} MiB"
+         + (f", built in {hnsw_build_s:.1f} s." if hnsw_build_s is not None else "."))
     target = Domain.objects.get(slug=domain)
     settle_s = settle()
     echo(f"VACUUM/ANALYZE of the store tables: {settle_s:.1f} s.")
@@ -459,6 +544,12 @@ def run_benchmark(
     echo(f"Built BM25 indexes {index.version}: {len(index):,} chunks, "
          f"{len(index.vocabulary):,} terms (and "
          f"{len(documents_index) if documents_index else 0:,} documents) in {bm25_build_s:.1f} s.")
+
+    memory = None
+    if measure_memory:
+        memory = index_memory.measure(domain)
+        echo(f"BM25 indexes loaded by a fresh process: {memory.total_mb:,.0f} MB resident "
+             f"({memory.per_million_chunks_mb():,.0f} MB per million chunks).")
 
     texts = load_queries(queries, path=queries_file, domain=target, seed=seed)
     echo(f"Timing {len(texts)} queries per mode "
@@ -482,6 +573,8 @@ def run_benchmark(
                "documents": len(documents_index) if documents_index else 0},
         latency=latency,
         rank_bm25=comparison,
+        vector_index=vector_index,
+        bm25_memory=memory,
         settings=run_settings(k, len(texts), queries_file),
     )
 
@@ -525,6 +618,23 @@ def format_table(report: BenchReport) -> str:
         lines.append(
             f"{lat.mode:<8} {lat.queries:>7} {lat.p50_ms:>8.1f} {lat.p95_ms:>8.1f} "
             f"{lat.p99_ms:>8.1f} {lat.mean_ms:>8.1f} {lat.max_ms:>8.1f} {lat.empty:>6}"
+        )
+    vectors = report.vector_index
+    if vectors is not None:
+        lines.append(
+            f"HNSW index: {vectors.vectors:,} vectors ({vectors.vector_bytes / 2**20:,.0f} MiB "
+            f"of vectors), index {vectors.index_bytes / 2**20:,.0f} MiB"
+            + (f", built in {vectors.build_s:.1f} s (maintenance_work_mem="
+               f"{vectors.maintenance_work_mem})" if vectors.build_s is not None else "")
+        )
+    memory = report.bm25_memory
+    if memory is not None:
+        lines.append(
+            f"BM25 in one fresh process: chunks +{memory.chunks_mb:,.0f} MB "
+            f"(arrays {memory.chunks_array_mb:,.0f} MB, loaded in {memory.chunks_load_s:.1f} s), "
+            f"documents +{memory.documents_mb:,.0f} MB (arrays "
+            f"{memory.documents_array_mb:,.0f} MB, {memory.documents_load_s:.1f} s) = "
+            f"{memory.per_million_chunks_mb():,.0f} MB per million chunks"
         )
     if report.rank_bm25:
         cmp = report.rank_bm25

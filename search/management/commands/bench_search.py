@@ -1,4 +1,5 @@
-"""manage.py bench_search: search latency per mode and BM25 vs rank-bm25 at 100k chunks."""
+"""manage.py bench_search: search latency per mode, BM25 vs rank-bm25, index build times and
+memory at a given number of chunks."""
 
 from __future__ import annotations
 
@@ -44,6 +45,15 @@ class Command(BaseCommand):
                             help="Keep the benchmark domain for the next run (growing 100,000 "
                             "chunks takes minutes) instead of removing it afterwards.")
         parser.add_argument("--seed", type=int, default=0, help="Query sampling and noise.")
+        parser.add_argument(
+            "--build-hnsw", action="store_true",
+            help="Drop the source space's HNSW index before growing and time building it "
+            "afterwards (a development database only: dense search scans meanwhile).",
+        )
+        parser.add_argument("--maintenance-work-mem", default="4GB",
+                            help="PostgreSQL maintenance_work_mem for --build-hnsw.")
+        parser.add_argument("--no-memory", action="store_true",
+                            help="Skip loading the BM25 indexes in a fresh process.")
 
     def handle(self, *args, **options) -> None:
         queries_file = Path(options["queries_file"]) if options["queries_file"] else None
@@ -75,6 +85,9 @@ class Command(BaseCommand):
                 modes=[m.strip() for m in options["modes"].split(",") if m.strip()],
                 rank_bm25_queries=options["rank_bm25_queries"],
                 drop=options["drop"],
+                build_hnsw=options["build_hnsw"],
+                maintenance_work_mem=options["maintenance_work_mem"],
+                measure_memory=not options["no_memory"],
                 seed=options["seed"],
                 echo=self.stdout.write,
             )
