@@ -106,3 +106,24 @@ def running_postgres(pgdata: str) -> list[psutil.Process]:
         if "postgres" in (process.info["name"] or "") and pgdata in cmdline:
             found.append(process)
     return found
+
+
+def _settings_of(tmp_path: Path, code: str, **extra: str) -> subprocess.CompletedProcess:
+    env = service_free_environment(tmp_path, DATABASE_URL="postgresql://x@db.invalid/x",
+                                   REDIS_URL="redis://127.0.0.1:1/0",
+                                   DJANGO_SETTINGS_MODULE="kms.settings", **extra)
+    return subprocess.run([sys.executable, "-c", f"from django.conf import settings; {code}"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_a_transaction_pooler_turns_server_side_cursors_off(tmp_path: Path) -> None:
+    code = "print(settings.DATABASES['default']['DISABLE_SERVER_SIDE_CURSORS'])"
+    assert _settings_of(tmp_path, code).stdout.strip() == "False"
+    pooled = _settings_of(tmp_path, code, KMS_DB_TRANSACTION_POOLER="true")
+    assert pooled.stdout.strip() == "True", pooled.stderr
+
+
+def test_a_storage_alias_that_does_not_exist_is_refused_at_start(tmp_path: Path) -> None:
+    result = _settings_of(tmp_path, "settings.DEBUG", KMS_MODEL_STORAGE="bucket")
+    assert result.returncode != 0
+    assert "KMS_MODEL_STORAGE='bucket' names no storage; use one of default" in result.stderr
