@@ -44,6 +44,9 @@ OnStep = Callable[[int, int, float | None], None]
 REAL_SOURCES = ("dataset", "curated", "feedback")
 
 
+RETRIEVAL_KINDS = (ModelRun.Kind.EMBEDDER.value, ModelRun.Kind.RERANKER.value)
+
+
 class CycleError(ValueError):
     """The cycle cannot run as asked; the message says what to add or change."""
 
@@ -372,8 +375,9 @@ def new_run(domain: Domain, kind: str, params: dict | None = None,
             data: DataOptions | None = None) -> ModelRun:
     """A queued run of ``kind`` for ``domain``, starting from the served model (an embedder
     keeps improving on its last promoted self) with the domain's training parameters."""
-    if kind not in ModelRun.Kind.values:
-        raise CycleError(f"Unknown model kind {kind!r}; use one of {ModelRun.Kind.values}.")
+    if kind not in RETRIEVAL_KINDS:
+        raise CycleError(f"Unknown model kind {kind!r}; use one of {RETRIEVAL_KINDS} (a "
+                         "verifier is trained by manage.py train_verifier).")
     options = {**tuning_options(domain).get(kind, {}), **(params or {})}
     checked = (EmbedderParams if kind == ModelRun.Kind.EMBEDDER else RerankerParams
                ).from_options(options)

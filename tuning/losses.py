@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 from sentence_transformers import CrossEncoder, SentenceTransformer
-from sentence_transformers.cross_encoder.losses import BinaryCrossEntropyLoss
+from sentence_transformers.cross_encoder.losses import BinaryCrossEntropyLoss, CrossEntropyLoss
 from sentence_transformers.sentence_transformer.losses import (
     CachedMultipleNegativesRankingLoss,
     MultipleNegativesRankingLoss,
@@ -29,3 +29,12 @@ def reranker_loss(model: CrossEncoder, params: RerankerParams) -> nn.Module:
     reranker recipe)."""
     weight = torch.tensor(float(max(params.negatives, 1)))
     return BinaryCrossEntropyLoss(model, pos_weight=weight)
+
+
+def verifier_loss(model: CrossEncoder, label_counts: list[int]) -> nn.Module:
+    """Cross-entropy over the labels, each weighted by the inverse of its frequency: not
+    enough information is the most common pair, and contradictions the rarest and costliest
+    to miss."""
+    total = sum(label_counts)
+    weights = [total / (len(label_counts) * count) if count else 0.0 for count in label_counts]
+    return CrossEntropyLoss(model, weight=torch.tensor(weights, dtype=torch.float32))

@@ -139,3 +139,23 @@ class RerankerParams(_Params):
     def negatives(self) -> int:
         """Negatives per positive, hard and random together."""
         return self.hard_negatives + self.random_negatives
+
+
+@dataclass(frozen=True)
+class VerifierParams(_Params):
+    """How the citation-support verifier is trained: a three-label cross-encoder
+    (supports / contradicts / not enough information), class-weighted cross-entropy."""
+
+    learning_rate: float = _option(1e-4, _number(0.0, 1e-3, low_open=True))
+    batch_size: int = _option(16, _number(1, 1024, integer=True))
+    epochs: int = _option(3, _number(1, 20, integer=True))
+    warmup_ratio: float = _option(0.1, _number(0.0, 0.5))
+    # A claim and a window of three sentences: 75 words on average, 256 at most in SciFact.
+    max_length: int = _option(256, _number(32, 512, integer=True))
+    window: int = _option(3, _number(1, 10, integer=True))  # sentences per passage
+    held_out: float = _option(0.2, _number(0.05, 0.5))  # share of the claims, never trained on
+    max_steps: int | None = _option(None, _optional(_number(1, 1_000_000, integer=True)))
+    seed: int = _option(13, _number(0, 2**32 - 1, integer=True))
+
+    def __post_init__(self) -> None:
+        self.validate()

@@ -14,7 +14,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from kms.store.models import Domain, ModelRun
-from tuning import cycle, registry
+from tuning import cycle, registry, verifier_cycle
 
 logger = logging.getLogger(__name__)
 
@@ -25,8 +25,11 @@ def train_run(run_id: int) -> str:
     if run is None:
         return "gone"
     try:
-        options = cycle.DataOptions.for_domain(run.domain, **cycle.stored_options(run))
-        run = cycle.run_cycle(run, options)
+        if run.kind == ModelRun.Kind.VERIFIER:
+            run = verifier_cycle.run_verifier_cycle(run)
+        else:
+            options = cycle.DataOptions.for_domain(run.domain, **cycle.stored_options(run))
+            run = cycle.run_cycle(run, options)
     except Exception:  # recorded on the run by run_cycle
         logger.exception("Model run %s failed", run_id)
         return "failed"

@@ -305,6 +305,7 @@ class ModelRun(models.Model):
     class Kind(models.TextChoices):
         EMBEDDER = "embedder", "Embedding model"
         RERANKER = "reranker", "Reranker"
+        VERIFIER = "verifier", "Citation-support verifier"
 
     class State(models.TextChoices):
         QUEUED = "queued", "Queued"

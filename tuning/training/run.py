@@ -9,7 +9,7 @@ from typing import Any
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-from tuning.params import EmbedderParams, RerankerParams
+from tuning.params import EmbedderParams, RerankerParams, VerifierParams
 
 # on_progress(step, total_steps, last_loss): last_loss is None before the first logged step.
 ProgressFn = Callable[[int, int, float | None], None]
@@ -54,8 +54,9 @@ class ProgressCallback(TrainerCallback):
             self.on_progress(state.global_step, state.max_steps, loss)
 
 
-def common_arguments(params: EmbedderParams | RerankerParams, device: str) -> dict[str, Any]:
-    """Training arguments shared by the embedder and the reranker: local, quiet, no
+def common_arguments(params: EmbedderParams | RerankerParams | VerifierParams,
+                     device: str) -> dict[str, Any]:
+    """Training arguments shared by every trainer: local, quiet, no
     evaluation and no checkpoints inside the run."""
     return {
         "num_train_epochs": params.epochs,

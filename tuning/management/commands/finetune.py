@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import json
-import signal
 from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
-from tqdm import tqdm
 
 from kms.store.models import ModelRun
 from search.ingestion.beir import DatasetError
 from search.management.cli import domain_or_error
 from tuning import cycle, registry
+from tuning.management.cli import StepBar, parameter, stop_on_sigterm
 
 
 class Command(BaseCommand):
@@ -26,7 +25,7 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--domain", required=True)
-        parser.add_argument("--model", choices=ModelRun.Kind.values, default="embedder")
+        parser.add_argument("--model", choices=cycle.RETRIEVAL_KINDS, default="embedder")
         parser.add_argument("--dataset", type=Path,
                             help="A BEIR-layout directory whose corpus was imported with "
                                  "import_beir into this domain: its queries and qrels.")
@@ -47,7 +46,7 @@ class Command(BaseCommand):
 
     def handle(self, *args, **options) -> None:
         domain = domain_or_error(options["domain"])
-        params = dict(_parameter(item) for item in options["set"])
+        params = dict(parameter(item) for item in options["set"])
         if options["synthetic_only"] and options["dataset"]:
             raise CommandError("--synthetic-only trains without a dataset; drop --dataset.")
         try:
@@ -66,19 +65,10 @@ class Command(BaseCommand):
             train_run.delay(run.pk)
             self.stdout.write("Queued on the models queue; follow it in the admin (Model runs).")
             return
-        bar = tqdm(unit="step", desc="Training", dynamic_ncols=True)
-        signal.signal(signal.SIGTERM, _interrupt)  # stopping it fails the run, not leaves it
-
-        def on_step(step: int, total: int, loss: float | None) -> None:
-            bar.total = total
-            bar.n = step
-            if loss is not None:
-                bar.set_postfix(loss=f"{loss:.4f}")
-            bar.refresh()
-
+        bar = StepBar()
+        stop_on_sigterm()
         try:
-            run = cycle.run_cycle(run, data, on_step=on_step,
-                                  on_stage=lambda text: bar.write(text))
+            run = cycle.run_cycle(run, data, on_step=bar.on_step, on_stage=bar.say)
         except (cycle.CycleError, DatasetError, registry.RegistryError) as exc:
             raise CommandError(f"{exc} (run {run.pk} is marked failed)") from exc
         except KeyboardInterrupt:
@@ -118,16 +108,3 @@ class Command(BaseCommand):
                                   f"`manage.py reembed --domain {run.domain.slug}` to do it "
                                   "here, or let the models queue's worker do it.")
 
-
-def _interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt
-
-
-def _parameter(item: str) -> tuple[str, object]:
-    name, sep, value = item.partition("=")
-    if not sep or not name:
-        raise CommandError(f"--set takes NAME=VALUE; got {item!r}.")
-    try:
-        return name.strip(), json.loads(value)
-    except json.JSONDecodeError:
-        return name.strip(), value
