@@ -6,13 +6,20 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('store', '0008_lexical_indexes'),
+        ("store", "0008_lexical_indexes"),
     ]
 
     operations = [
         migrations.AlterField(
-            model_name='modelrun',
-            name='kind',
-            field=models.CharField(choices=[('embedder', 'Embedding model'), ('reranker', 'Reranker'), ('verifier', 'Citation-support verifier')], max_length=20),
+            model_name="modelrun",
+            name="kind",
+            field=models.CharField(
+                choices=[
+                    ("embedder", "Embedding model"),
+                    ("reranker", "Reranker"),
+                    ("verifier", "Citation-support verifier"),
+                ],
+                max_length=20,
+            ),
         ),
     ]
