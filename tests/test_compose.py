@@ -54,12 +54,12 @@ def test_replicas_share_no_volume_and_reach_files_and_models_in_the_object_store
         assert service["environment"]["KMS_MODEL_STORAGE"] == "default"
         assert "container_name" not in service
     assert services["proxy"]["ports"] and "trainer" in services
-    assert [_volume(v) for v in services["trainer"]["volumes"]] == ["models:/data/models"]
+    assert [_volume(v) for v in services["trainer"]["volumes"]] == ["models:/models"]
     mounting_models = [name for name, service in services.items()
                        if any(_volume(v).startswith("models:") for v in service.get("volumes", []))]
     assert mounting_models == ["trainer"]
     app = ("web", "worker", "trainer", "beat")
-    assert {services[name]["environment"]["KMS_MODELS_DIR"] for name in app} == {"/data/models"}
+    assert {services[name]["environment"]["KMS_MODELS_DIR"] for name in app} == {"/models"}
 
 
 @pytest.mark.skipif(not shutil.which("docker-compose"), reason="docker-compose not installed")

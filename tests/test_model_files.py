@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 from django.conf import settings as django_settings
+from django.core.management import call_command
 
 from kms.store import model_files
-from kms.store.models import ModelRun
+from kms.store.models import EmbeddingSpace, ModelRun
 from search.ingestion import spaces
 from search.ingestion.embedding import Embedder
 from tests.conftest import S3Store
@@ -74,7 +75,7 @@ def test_a_damaged_archive_says_what_to_check_and_leaves_no_half_model(
     with pytest.raises(spaces.SpaceUnavailable, match="KMS_MODEL_STORAGE"):
         spaces.embedder_for(space)
     assert not trained.exists()
-    assert not list(trained.parent.iterdir())
+    assert [p.name for p in trained.parent.iterdir()] == [".embedder-7.lock"]  # no half model
 
 
 def test_without_a_model_store_nothing_is_published_or_fetched(settings, tmp_path) -> None:
@@ -86,3 +87,34 @@ def test_without_a_model_store_nothing_is_published_or_fetched(settings, tmp_pat
     shutil.rmtree(directory)
     assert model_files.ensure_local(directory) is False
     assert model_files.storage_name(Path(django_settings.KMS_EMBEDDING_MODEL)) is None
+
+
+def test_runs_trained_before_the_store_are_published_by_the_command(
+    trained: Path, domain, s3_store: S3Store
+) -> None:
+    s3_store.client().delete_object(Bucket=s3_store.bucket, Key="models/healthcare/embedder-7.tar")
+    ModelRun.objects.create(domain=domain, kind=ModelRun.Kind.RERANKER,
+                            state=ModelRun.State.PROMOTED, model_dir=str(trained))
+    ModelRun.objects.create(domain=domain, kind=ModelRun.Kind.EMBEDDER,
+                            state=ModelRun.State.RETIRED, model_dir=str(trained.parent / "gone"))
+    call_command("publish_models")
+    assert s3_store.object_keys() == ["models/healthcare/embedder-7.tar"]
+
+
+def test_an_unreachable_store_is_noted_on_the_run_not_fatal(trained: Path, domain, settings
+                                                            ) -> None:
+    settings.STORAGES = {**settings.STORAGES, "default": {
+        **settings.STORAGES["default"],
+        "OPTIONS": {**settings.STORAGES["default"]["OPTIONS"],
+                    "endpoint_url": "http://127.0.0.1:9"}}}  # nothing listens there
+    run = ModelRun.objects.create(domain=domain, kind=ModelRun.Kind.RERANKER,
+                                  state=ModelRun.State.TRAINING, model_dir=str(trained))
+    registry.finish(run, model_dir=trained, data_counts={}, loss_curve=[], metrics={},
+                    passed=True)
+    run.refresh_from_db()
+    assert run.state == ModelRun.State.PROMOTED
+    assert "Not published to the model store" in run.message
+    shutil.rmtree(trained)
+    with pytest.raises(spaces.SpaceUnavailable, match="KMS_MODEL_STORAGE"):
+        spaces.embedder_for(EmbeddingSpace(name="x", model_path=str(trained), backend="torch",
+                                           dimensions=384))

@@ -28,6 +28,7 @@ from tuning.data.claims import (
     read_abstracts,
     read_claims,
 )
+from tuning.evaluation.verification import MethodScores, check_labeller, decide
 
 TOPICS = [
     ("Metformin", ["Metformin is the first-line drug for type 2 diabetes.",
@@ -201,3 +202,25 @@ def test_a_second_verifier_run_waits_for_the_first(domain, dataset: Path) -> Non
         verifier_cycle.new_verifier_run(domain, dataset)
     with pytest.raises(ValueError, match="window must be"):
         verifier_cycle.new_verifier_run(domain, dataset, {"window": 0})
+
+
+def _scores(method: str, macro_f1: float, accepted: float) -> MethodScores:
+    return MethodScores(method, 100, 0.5, macro_f1, 0.5, 0.5, 20, accepted)
+
+
+def test_the_gate_needs_a_better_macro_f1_and_no_more_contradictions_accepted() -> None:
+    served = _scores("lexical", 0.40, 0.20)
+    assert decide(_scores("verifier", 0.45, 0.10), served).passed
+    worse = decide(_scores("verifier", 0.40, 0.10), served)
+    assert not worse.passed and worse.reason.startswith("Not better: macro-F1 0.4000")
+    gullible = decide(_scores("verifier", 0.60, 0.25), served)
+    assert not gullible.passed and "Accepts more contradictions" in gullible.reason
+    assert not decide(MethodScores("verifier", 0, 0, 0, 0, 0, 0, 0), served).passed
+
+
+def test_the_served_check_is_judged_at_its_configured_threshold(settings) -> None:
+    pair = claim_data.LabelledPair("Statins lower LDL cholesterol in adults.",
+                                   "Statins lower LDL cholesterol.", SUPPORTS, "rationale", 1)
+    assert check_labeller("lexical")([pair]) == [SUPPORTS]  # 4 of 5 terms at 0.7
+    settings.KMS_VERIFY_METHOD, settings.KMS_VERIFY_THRESHOLD = "lexical", 0.9
+    assert check_labeller("lexical")([pair]) == [NOT_ENOUGH_INFO]

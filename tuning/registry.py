@@ -100,7 +100,7 @@ def finish(run: ModelRun, *, model_dir: Path, data_counts: dict, loss_curve: lis
         run.state = ModelRun.State.REJECTED
         fields.append("state")
     run.save(update_fields=fields)
-    model_files.publish(model_dir)  # before promotion: any node may then serve it
+    _publish(run)  # before promotion: any node may then serve it
     if passed:  # still *training* until it is served: nobody sees it rejected in between
         try:
             promote(run, judged=True)
@@ -111,6 +111,32 @@ def finish(run: ModelRun, *, model_dir: Path, data_counts: dict, loss_curve: lis
                 message=f"Passed the gate but could not be promoted: {exc}"[:4000])
             raise
     return run
+
+
+def _publish(run: ModelRun) -> bool:
+    """Share the run's files through the model store; a failure is noted on the run (its
+    files are fine here, and promoting it again publishes them), never fatal."""
+    try:
+        model_files.publish(Path(run.model_dir))
+    except Exception as exc:  # the store's errors: OSError, botocore, ...
+        logger.warning("Run %s not published to the model store: %s", run.pk, exc)
+        note = f" Not published to the model store ({exc}); promoting it retries."
+        run.message = (run.message + note).strip()[:4000]
+        ModelRun.objects.filter(pk=run.pk).update(message=run.message)
+        return False
+    return True
+
+
+def publish_runs(runs) -> tuple[int, int]:
+    """Publish the runs whose files are on this node (an upgrade, a store that was down);
+    returns (published, skipped)."""
+    published = skipped = 0
+    for run in runs:
+        if run.model_dir and model_files.present(Path(run.model_dir)) and _publish(run):
+            published += 1
+        else:
+            skipped += 1
+    return published, skipped
 
 
 def fail(run: ModelRun, message: str) -> None:
@@ -144,6 +170,8 @@ def promote(run: ModelRun, *, judged: bool = False) -> None:
     A curator may promote a rejected or retired run; ``judged``: the gate just passed it.
     """
     check_files(run)
+    if not judged and model_files.storage_name(Path(run.model_dir)) is not None:
+        _publish(run)  # a curator's promotion: make sure every node can fetch it
     if run.kind == ModelRun.Kind.EMBEDDER and run.space_id is None:
         embedder = Embedder(Path(run.model_dir), settings.KMS_EMBEDDING_BACKEND)
         run.space = spaces.space_of(embedder)

@@ -67,7 +67,7 @@ def _train_and_judge(run: ModelRun, on_step: OnStep | None,
     params = VerifierParams.from_options(run.params)
     dataset = Path(run.data_options.get("dataset_dir") or "")
     claims, abstracts = read_claims(dataset), read_abstracts(dataset)
-    train, held = held_out_claims(claims, params.held_out, params.seed)
+    train, held = held_out_claims(claims, params.held_out)  # the same split for every run
     if not held:
         raise CycleError(f"No held-out claims among {len(claims)}: raise held_out.")
     say(f"Pairs from {len(train)} training and {len(held)} held-out claims")

@@ -12,11 +12,14 @@ Every node keeps the same ``KMS_MODELS_DIR`` path, because runs record absolute 
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import shutil
 import tarfile
 import tempfile
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 from django.conf import settings
@@ -49,6 +52,18 @@ def storage_name(directory: Path) -> str | None:
     return f"{PREFIX}/{relative.as_posix()}.tar" if relative.parts else None
 
 
+@contextlib.contextmanager
+def _node_lock(directory: Path) -> Iterator[None]:
+    """One fetch per directory on this node, across processes (gunicorn and Celery workers
+    after a promotion): the others wait and find it present."""
+    with open(directory.parent / f".{directory.name}.lock", "a+b") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def present(directory: Path) -> bool:
     return (Path(directory) / MARKER).is_file()
 
@@ -69,6 +84,9 @@ def publish(directory: Path) -> str | None:
         if storage.exists(name):
             storage.delete(name)
         saved = storage.save(name, File(archive, name=Path(name).name))
+    if saved != name:  # another publisher of the same run in between: nodes look for name
+        storage.delete(saved)
+        raise ModelFilesUnavailable(f"{name} was saved as {saved}; publish the run again.")
     logger.info("Published model files %s as %s", directory, saved)
     return saved
 
@@ -85,13 +103,13 @@ def ensure_local(directory: Path) -> bool:
     storage, name = _storage(), storage_name(directory)
     if storage is None or name is None:
         return False
-    with _fetch_lock:
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    with _fetch_lock, _node_lock(directory):
         if present(directory):
             return True
         try:
             if not storage.exists(name):
                 return False
-            directory.parent.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryDirectory(dir=directory.parent, prefix=".fetch-") as tmp:
                 staging = Path(tmp) / "model"
                 with storage.open(name, "rb") as stream, \
@@ -104,7 +122,9 @@ def ensure_local(directory: Path) -> bool:
                 if directory.exists():  # an empty or partial directory left by a crash
                     shutil.rmtree(directory)
                 staging.rename(directory)
-        except (OSError, tarfile.TarError) as exc:
+        except ModelFilesUnavailable:
+            raise
+        except Exception as exc:  # OSError, tarfile, any storage backend's (botocore) errors
             if present(directory):  # another process won the race
                 return True
             raise ModelFilesUnavailable(

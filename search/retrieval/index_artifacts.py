@@ -60,15 +60,19 @@ def copy_artifact(row: LexicalIndex, handle: BinaryIO) -> None:
     as it streams, so a million-chunk index never sits in memory twice. On a mismatch the
     handle holds damaged bytes: the caller discards them."""
     digest, size = hashlib.sha256(), 0
-    try:
-        for block in _blocks(row):
-            digest.update(block)
-            handle.write(block)
-            size += len(block)
-    except DatabaseError:
-        raise
-    except Exception as exc:  # any storage backend's failure (OSError, botocore, ...)
-        raise ArtifactUnavailable(f"{row} cannot be read from its store: {exc}") from exc
+    blocks = _blocks(row)
+    while True:
+        try:
+            block = next(blocks, None)
+        except DatabaseError:
+            raise
+        except Exception as exc:  # any storage backend's failure (OSError, botocore, ...)
+            raise ArtifactUnavailable(f"{row} cannot be read from its store: {exc}") from exc
+        if block is None:
+            break
+        digest.update(block)
+        handle.write(block)  # a full disk is the caller's OSError: it serves from memory
+        size += len(block)
     if size != row.size_bytes or digest.hexdigest() != row.checksum:
         raise ArtifactUnavailable(
             f"{row} failed its checksum ({size} bytes read, {row.size_bytes} published): "

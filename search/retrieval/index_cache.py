@@ -163,9 +163,13 @@ def _open_checked(path: Path, expected: str) -> BinaryIO | None:
         handle = path.open("rb")
     except FileNotFoundError:
         return None
-    if stream_checksum(handle) == expected:
-        handle.seek(0)
-        return handle
+    try:
+        if stream_checksum(handle) == expected:
+            handle.seek(0)
+            return handle
+    except BaseException:
+        handle.close()
+        raise
     handle.close()
     logger.warning("Cached %s is damaged; fetching it again", path)
     return None

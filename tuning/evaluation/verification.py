@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from django.conf import settings
 from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score
 
 from search.answering.support_model import classify
@@ -40,7 +41,8 @@ class MethodScores:
 
 def check_labeller(method: str, threshold: float | None = None) -> Labeller:
     """Serving's lexical or embedding check as a labeller (supports / not enough info)."""
-    limit = CHECK_THRESHOLDS[method] if threshold is None else threshold
+    configured = settings.KMS_VERIFY_THRESHOLD if method == settings.KMS_VERIFY_METHOD else 0
+    limit = threshold if threshold is not None else configured or CHECK_THRESHOLDS[method]
 
     def label(pairs: Sequence[LabelledPair]) -> list[str]:
         return [
