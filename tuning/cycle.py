@@ -239,11 +239,26 @@ def run_cycle(run: ModelRun, options: DataOptions, *, on_step: OnStep | None = N
               on_stage: Callable[[str], None] | None = None) -> ModelRun:
     """Train, judge and record ``run`` (queued); returns it promoted, rejected or failed."""
     say = on_stage or (lambda _: None)
+    return run_guarded(run, lambda: _train_and_judge(run, options, on_step, say))
+
+
+def recording(run: ModelRun, on_step: OnStep | None) -> OnStep:
+    """A trainer's step callback that records the run's progress, then calls ``on_step``."""
+    def step(done: int, total: int, loss: float | None) -> None:
+        registry.record_progress(run, done, total, loss)
+        if on_step is not None:
+            on_step(done, total, loss)
+    return step
+
+
+def run_guarded(run: ModelRun, train_and_judge: Callable[[], ModelRun]) -> ModelRun:
+    """Claim the queued run, then ``train_and_judge()``; any failure or interruption marks
+    the run failed with its reason (and is raised again) so no run is left training."""
     if not registry.begin_training(run):
         run.refresh_from_db()
         return run
     try:
-        return _train_and_judge(run, options, on_step, say)
+        return train_and_judge()
     except KeyboardInterrupt:
         registry.fail(run, "Interrupted (Ctrl+C or SIGTERM) at step "
                       f"{run.progress_step}/{run.progress_total}. Start a new run.")
@@ -262,12 +277,7 @@ def _train_and_judge(run: ModelRun, options: DataOptions, on_step: OnStep | None
                    random_negatives=0 if embedder else params.random_negatives,
                    synthetic_beside_real=embedder, on_stage=say)
     output = registry.run_directory(run)
-
-    def step(done: int, total: int, loss: float | None) -> None:
-        registry.record_progress(run, done, total, loss)
-        if on_step is not None:
-            on_step(done, total, loss)
-
+    step = recording(run, on_step)
     say(f"Training the {run.kind} on {len(data.train)} pairs")
     started = time.perf_counter()
     train = train_embedder if embedder else train_reranker

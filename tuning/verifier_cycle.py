@@ -12,7 +12,7 @@ from django.conf import settings
 
 from kms.store.models import Domain, ModelRun
 from tuning import registry
-from tuning.cycle import CycleError, OnStep, tuning_options
+from tuning.cycle import CycleError, OnStep, recording, run_guarded, tuning_options
 from tuning.data.claims import (
     WindowSearch,
     contradiction_pairs,
@@ -48,18 +48,7 @@ def new_verifier_run(domain: Domain, dataset_dir: Path, params: dict | None = No
 def run_verifier_cycle(run: ModelRun, *, on_step: OnStep | None = None,
                        on_stage: Callable[[str], None] | None = None) -> ModelRun:
     say = on_stage or (lambda _: None)
-    if not registry.begin_training(run):
-        run.refresh_from_db()
-        return run
-    try:
-        return _train_and_judge(run, on_step, say)
-    except KeyboardInterrupt:
-        registry.fail(run, "Interrupted (Ctrl+C or SIGTERM) at step "
-                      f"{run.progress_step}/{run.progress_total}. Start a new run.")
-        raise
-    except Exception as exc:
-        registry.fail(run, f"{type(exc).__name__}: {exc}")
-        raise
+    return run_guarded(run, lambda: _train_and_judge(run, on_step, say))
 
 
 def _train_and_judge(run: ModelRun, on_step: OnStep | None,
@@ -78,12 +67,7 @@ def _train_and_judge(run: ModelRun, on_step: OnStep | None,
                                 search=search)
     made_false = contradiction_pairs(held_pairs)
     contradictions = [pair for pair, _ in made_false]
-
-    def step(done: int, total: int, loss: float | None) -> None:
-        registry.record_progress(run, done, total, loss)
-        if on_step is not None:
-            on_step(done, total, loss)
-
+    step = recording(run, on_step)
     say(f"Training the verifier on {len(train_pairs)} pairs")
     output = registry.run_directory(run)
     started = time.perf_counter()

@@ -1,13 +1,17 @@
-"""What the training commands share: ``--set NAME=VALUE`` parsing, SIGTERM as Ctrl+C, and
-a progress bar fed by a run's steps."""
+"""What the training commands share: ``--set NAME=VALUE`` parsing, training in the foreground
+with a progress bar (SIGTERM as Ctrl+C) or on the models queue."""
 
 from __future__ import annotations
 
 import json
 import signal
+from collections.abc import Callable
 
-from django.core.management.base import CommandError
+from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
+
+from kms.store.models import ModelRun
+from tuning.cycle import OnStep
 
 
 def parameter(item: str) -> tuple[str, object]:
@@ -28,6 +32,32 @@ def _interrupt(signum, frame) -> None:
 def stop_on_sigterm() -> None:
     """Stopping the command fails its run instead of leaving it training forever."""
     signal.signal(signal.SIGTERM, _interrupt)
+
+
+def train_here_or_queue(
+    command: BaseCommand, run: ModelRun, queue: bool,
+    train: Callable[[OnStep, Callable[[str], None]], ModelRun],
+    errors: tuple[type[Exception], ...],
+) -> ModelRun | None:
+    """``--queue``: hand the run to the models queue's worker (None). Else ``train(on_step,
+    on_stage)`` here with a progress bar; ``errors`` and interruptions become a
+    CommandError naming the run, which the cycle has marked failed."""
+    if queue:
+        from tuning.tasks import train_run
+
+        train_run.delay(run.pk)
+        command.stdout.write("Queued on the models queue; follow it in the admin (Model runs).")
+        return None
+    bar = StepBar()
+    stop_on_sigterm()
+    try:
+        return train(bar.on_step, bar.say)
+    except errors as exc:
+        raise CommandError(f"{exc} (run {run.pk} is marked failed)") from exc
+    except KeyboardInterrupt:
+        raise CommandError(f"Interrupted; run {run.pk} is marked failed.") from None
+    finally:
+        bar.close()
 
 
 class StepBar:

@@ -11,7 +11,7 @@ from kms.store.models import ModelRun
 from search.ingestion.beir import DatasetError
 from search.management.cli import domain_or_error
 from tuning import cycle, registry
-from tuning.management.cli import StepBar, parameter, stop_on_sigterm
+from tuning.management.cli import parameter, train_here_or_queue
 
 
 class Command(BaseCommand):
@@ -59,23 +59,13 @@ class Command(BaseCommand):
         except (ValueError, registry.RegistryError) as exc:
             raise CommandError(str(exc)) from exc
         self.stdout.write(f"Run {run.pk}: {run.kind} of {domain.slug} from {run.base_model}")
-        if options["queue"]:
-            from tuning.tasks import train_run
-
-            train_run.delay(run.pk)
-            self.stdout.write("Queued on the models queue; follow it in the admin (Model runs).")
-            return
-        bar = StepBar()
-        stop_on_sigterm()
-        try:
-            run = cycle.run_cycle(run, data, on_step=bar.on_step, on_stage=bar.say)
-        except (cycle.CycleError, DatasetError, registry.RegistryError) as exc:
-            raise CommandError(f"{exc} (run {run.pk} is marked failed)") from exc
-        except KeyboardInterrupt:
-            raise CommandError(f"Interrupted; run {run.pk} is marked failed.") from None
-        finally:
-            bar.close()
-        self._report(run)
+        trained = train_here_or_queue(
+            self, run, options["queue"],
+            lambda on_step, on_stage: cycle.run_cycle(run, data, on_step=on_step,
+                                                      on_stage=on_stage),
+            (cycle.CycleError, DatasetError, registry.RegistryError))
+        if trained is not None:
+            self._report(trained)
 
     def _report(self, run: ModelRun) -> None:
         counts = run.data_counts

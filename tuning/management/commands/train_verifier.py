@@ -12,7 +12,7 @@ from search.management.cli import domain_or_error
 from tuning import registry, verifier_cycle
 from tuning.data.claims import ClaimsError
 from tuning.evaluation.verification import MethodScores, format_scores
-from tuning.management.cli import StepBar, parameter, stop_on_sigterm
+from tuning.management.cli import parameter, train_here_or_queue
 
 DEFAULT_DATASET = Path(settings.BASE_DIR).parent / "shared/data/scifact"
 
@@ -45,23 +45,13 @@ class Command(BaseCommand):
         except (ValueError, registry.RegistryError) as exc:
             raise CommandError(str(exc)) from exc
         self.stdout.write(f"Run {run.pk}: verifier of {domain.slug} from {run.base_model}")
-        if options["queue"]:
-            from tuning.tasks import train_run
-
-            train_run.delay(run.pk)
-            self.stdout.write("Queued on the models queue; follow it in the admin (Model runs).")
-            return
-        bar = StepBar()
-        stop_on_sigterm()
-        try:
-            run = verifier_cycle.run_verifier_cycle(run, on_step=bar.on_step, on_stage=bar.say)
-        except (ClaimsError, ValueError, registry.RegistryError) as exc:
-            raise CommandError(f"{exc} (run {run.pk} is marked failed)") from exc
-        except KeyboardInterrupt:
-            raise CommandError(f"Interrupted; run {run.pk} is marked failed.") from None
-        finally:
-            bar.close()
-        self._report(run)
+        trained = train_here_or_queue(
+            self, run, options["queue"],
+            lambda on_step, on_stage: verifier_cycle.run_verifier_cycle(
+                run, on_step=on_step, on_stage=on_stage),
+            (ClaimsError, ValueError, registry.RegistryError))
+        if trained is not None:
+            self._report(trained)
 
     def _domain(self, slug: str | None) -> Domain:
         if slug:
