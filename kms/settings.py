@@ -336,6 +336,9 @@ for _name in ("KMS_BM25_ARTIFACT_STORAGE", "KMS_MODEL_STORAGE"):
             "or leave it empty."
         )
 KMS_TUNING_HELD_OUT = env_float("KMS_TUNING_HELD_OUT", 0.2)  # of the queries, never trained on
+# SciFact-format labelled claims the support verifier learns from (train_verifier, make run)
+KMS_VERIFIER_DATASET = Path(os.environ.get("KMS_VERIFIER_DATASET")
+                            or BASE_DIR.parent / "shared/data/scifact")
 KMS_TUNING_SYNTHETIC_LIMIT = env_int("KMS_TUNING_SYNTHETIC_LIMIT", 600)  # pairs per cycle
 KMS_TUNING_MINE_LIMIT = env_int("KMS_TUNING_MINE_LIMIT", 1000)  # label-free: pairs mined
 # A new model must beat the served one's nDCG@10 on the held-out queries by this much.
@@ -365,6 +368,9 @@ KMS_ANSWER_MAX_PASSAGES = env_int("KMS_ANSWER_MAX_PASSAGES", 6)
 # Below this question-passage cosine similarity the knowledge base is taken not to answer:
 # evaluate_answers measured 0.36 at most for off-topic questions, 0.56 at least for PubMedQA.
 KMS_ANSWER_MIN_SIMILARITY = env_float("KMS_ANSWER_MIN_SIMILARITY", 0.45)
+# An answer must cite a passage within this much of the question's closest passage in
+# similarity, else it abstains as not addressing the question (1 turns the check off).
+KMS_ANSWER_RELEVANCE_MARGIN = env_float("KMS_ANSWER_RELEVANCE_MARGIN", 0.1)
 # lexical: chosen over embedding by evaluate_answers (README, "Answers"); none switches it off
 KMS_VERIFY_METHOD = os.environ.get("KMS_VERIFY_METHOD") or "lexical"
 KMS_VERIFY_THRESHOLD = env_float("KMS_VERIFY_THRESHOLD", 0.0)  # 0: the method's default

@@ -13,11 +13,13 @@ from kms.store.models import Document, Domain
 from search.answering.answers import Answer, Claim
 from search.answering.citations import Citation
 from search.evaluation.answers import (
+    BothChecksJudge,
     CitationCounts,
+    LexicalJudge,
     citation_counts,
     context_markdown,
     decision_of,
-    judge,
+    judges_for,
     read_pubmedqa,
     rouge_l,
     token_f1,
@@ -88,12 +90,20 @@ def test_decision_is_read_from_the_opening_word() -> None:
     assert decision_of("Nobody knows.") is None
 
 
-def test_judge_needs_terms_meaning_and_numbers() -> None:
+def test_judges_need_terms_and_numbers_and_never_judge_their_own_check(tmp_path) -> None:
     passage = "Daily walking lowered systolic blood pressure by 8 mmHg after 12 weeks."
-    assert judge("Daily walking lowered systolic blood pressure by 8 mmHg [1].", [passage])
-    assert not judge("Daily walking lowered systolic blood pressure by 20 mmHg.", [passage])
-    assert not judge("Swimming improves sleep quality.", [passage])
-    assert not judge("", [passage]) and not judge("Walking helps.", [])
+    for judge in (BothChecksJudge(), LexicalJudge()):
+        assert judge("Daily walking lowered systolic blood pressure by 8 mmHg [1].", [passage])
+        assert not judge("Daily walking lowered systolic blood pressure by 20 mmHg.", [passage])
+        assert not judge("Swimming improves sleep quality.", [passage])
+        assert not judge("", [passage]) and not judge("Walking helps.", [])
+    with_verifier = judges_for(tmp_path / "verifier")
+    assert {name: type(j).__name__ for name, j in with_verifier.items()} == {
+        "none": "VerifierJudge", "embedding": "VerifierJudge", "lexical": "VerifierJudge",
+        "model": "LexicalJudge"}
+    without = judges_for(None)
+    assert type(without["lexical"]).__name__ == "BothChecksJudge"
+    assert "not independent" in without["lexical"].name
 
 
 def _citation(number: int, document_id: int) -> Citation:
@@ -116,11 +126,11 @@ def test_alce_citation_counts() -> None:
             Claim("Removed sentence.", (1,), (), False, 0.1, kept=False),
         ],
     )
-    counts = citation_counts(result, gold_document=7)
+    counts = citation_counts(result, 7, BothChecksJudge())
     assert counts == CitationCounts(sentences=2, supported=1, citations=2, precise=1, gold=1)
     abstained = Answer(question="q", text="", abstained=True, reason="r", sources=[],
                        passages=[], claims=result.claims)
-    assert citation_counts(abstained, 7) == CitationCounts()
+    assert citation_counts(abstained, 7, BothChecksJudge()) == CitationCounts()
 
 
 def test_reading_the_data_set(dataset: Path, tmp_path: Path) -> None:
@@ -142,17 +152,23 @@ def test_command_reports_every_setting(dataset: Path, settings, tmp_path, capsys
     report_path = tmp_path / "report.json"
     call_command("evaluate_answers", str(dataset), "--backends", "extractive", "--limit", "0",
                  "--json", str(report_path), "--keep")
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
     assert "| extractive | none |" in out and "| extractive | lexical |" in out
     report = json.loads(report_path.read_text())
     assert report["questions"] == 2  # the test split only
     rows = {row["verification"]: row for row in report["rows"]}
-    assert set(rows) == {"none", "embedding", "lexical"}
+    assert set(rows) == {"none", "embedding", "lexical", "model"}
     for row in rows.values():
         assert row["abstention_rate"] == 0.0
         assert row["citation_recall"] == 1.0  # extractive sentences are the passages' own
-        assert row["gold_source_share"] > 0.5
+        assert row["gold_source_share"] > 0.5 and row["off_source_share"] == 0.0
         assert row["token_f1"] > 0.2
+    # No verifier here: the model rows are checked lexically and say so, and are judged by
+    # the lexical check alone; the others by both checks, labelled as not independent.
+    assert rows["model"]["fallbacks"] == 2 and rows["lexical"]["fallbacks"] == 0
+    assert rows["model"]["judge"].startswith("lexical >= 0.7")
+    assert "not independent" in rows["lexical"]["judge"]
+    assert "No verifier is promoted" in err
     # A second run finds the kept abstracts and does not store them again; then it removes
     # its domain, which no staff account could see anyway.
     assert Domain.objects.get(slug="pubmedqa").purpose == Domain.Purpose.EVALUATION

@@ -6,6 +6,7 @@ A small SciFact-format dataset of our own (written per test) stands in for the r
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import shutil
 from pathlib import Path
@@ -27,6 +28,7 @@ from tuning.data.claims import (
     labelled_pairs,
     read_abstracts,
     read_claims,
+    reverse,
 )
 from tuning.evaluation.verification import MethodScores, check_labeller, decide
 
@@ -133,6 +135,29 @@ def test_the_contradiction_rule(claim: str, made: str, rule: str) -> None:
     assert contradict(claim) == (made, rule)
 
 
+@pytest.mark.parametrize(("sentence", "reversed_"), [
+    ("Smoking increases the risk of falls.", "Smoking reduces the risk of falls."),
+    ("Higher doses help.", "Lower doses help."),
+    ("Vitamin K does not affect it.", "Vitamin K does affect it."),
+    ("Relapse doesn't follow.", "Relapse does follow."),
+    ("Relapse came after 12 weeks.", "Relapse came after 13 weeks."),
+    ("Statins are well tolerated.", None),
+])
+def test_the_training_reversal_is_not_the_test_rule(sentence: str, reversed_: str | None) -> None:
+    assert reverse(sentence) == reversed_
+    if reversed_ is not None:
+        assert reversed_ != contradict(sentence)[0]
+
+
+def test_reversed_pairs_train_only_and_contradict(dataset: Path) -> None:
+    claims, abstracts = read_claims(dataset), read_abstracts(dataset)
+    pairs = labelled_pairs(claims, abstracts, window=2, copied=True)
+    turned = [p for p in pairs if p.kind == "reversed"]
+    assert turned and all(p.label == CONTRADICTS for p in turned)
+    assert "Sedatives reduce the risk of falls in older patients." in {p.sentence for p in turned}
+    assert not [p for p in labelled_pairs(claims, abstracts) if p.kind == "reversed"]
+
+
 def test_missing_or_broken_claims_say_what_to_do(tmp_path: Path, dataset: Path) -> None:
     with pytest.raises(ClaimsError, match="No claims file at .*pass --dataset"):
         read_claims(tmp_path / "nowhere")
@@ -224,3 +249,29 @@ def test_the_served_check_is_judged_at_its_configured_threshold(settings) -> Non
     assert check_labeller("lexical")([pair]) == [SUPPORTS]  # 4 of 5 terms at 0.7
     settings.KMS_VERIFY_METHOD, settings.KMS_VERIFY_THRESHOLD = "lexical", 0.9
     assert check_labeller("lexical")([pair]) == [NOT_ENOUGH_INFO]
+
+
+@pytest.mark.django_db
+def test_first_start_queues_a_verifier_only_when_none_is_there_and_the_data_is(
+    domain, dataset: Path, settings, tmp_path: Path
+) -> None:
+    from kms.management.commands.run import Command
+
+    out = io.StringIO()
+    command = Command(stdout=out)
+    settings.KMS_VERIFIER_DATASET = tmp_path / "absent"
+    command._queue_verifier(domain.slug)
+    assert "No claims file" in out.getvalue() and "answers are checked lexically" in \
+        out.getvalue()
+    assert not ModelRun.objects.filter(kind=ModelRun.Kind.VERIFIER).exists()
+
+    settings.KMS_VERIFIER_DATASET = dataset
+    command._queue_verifier(domain.slug)
+    run = ModelRun.objects.get(kind=ModelRun.Kind.VERIFIER)
+    assert run.state == ModelRun.State.QUEUED and run.data_options["dataset_dir"] == str(dataset)
+    command._queue_verifier(domain.slug)  # one is on its way: not another
+    assert ModelRun.objects.filter(kind=ModelRun.Kind.VERIFIER).count() == 1
+    run.state = ModelRun.State.PROMOTED
+    run.save()
+    command._queue_verifier(domain.slug)  # one is served
+    assert ModelRun.objects.filter(kind=ModelRun.Kind.VERIFIER).count() == 1

@@ -6,9 +6,13 @@ retrieve (hybrid, with the user's access) -> choose passages within a token budg
 Two rules keep an answer trustworthy. Every citation shown has passed the support check: a
 sentence nothing supports loses its citations (and, by default, its place in the answer), and
 none is invented for it. And when retrieval finds nothing close enough to the
-question, or nothing the generator wrote survives the check, the answer is :data:`NO_ANSWER`
-rather than a guess. With verification off (``verify="none"``, for comparison) the draft is
-shown as written, minus citations of numbers that were never in the prompt.
+question, or nothing the generator wrote survives the check, or what survives cites only
+passages far less related to the question than the closest one (the relevance check), the
+answer is :data:`NO_ANSWER` rather than a guess. ``"model"`` checks with the domain's promoted
+support verifier, which also removes sentences a cited passage contradicts; without a usable
+verifier the lexical check runs instead and the answer says so. With verification off
+(``verify="none"``, for comparison) the draft is shown as written, minus citations of numbers
+that were never in the prompt.
 
 Streaming: :func:`stream_answer` yields the generator's text as it arrives, then the final
 :class:`Answer`. The streamed text is the generator's draft; the final answer is what was
@@ -21,6 +25,7 @@ import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 from django.conf import settings
@@ -44,12 +49,21 @@ from search.answering.prompting import (
     choose_passages,
     token_counter,
 )
-from search.answering.verification import EMBEDDING_THRESHOLD, LEXICAL_THRESHOLD, verify
+from search.answering.support_model import VerifierUnavailable
+from search.answering.verification import (
+    EMBEDDING_THRESHOLD,
+    LEXICAL_THRESHOLD,
+    MODEL_THRESHOLD,
+    verify,
+)
+from search.answering.verifier_runs import served_verifier
 from search.retrieval.search import SearchError, SearchResponse, search
 
-VerifyMethod = Literal["embedding", "lexical", "none"]
+VerifyMethod = Literal["embedding", "lexical", "model", "none"]
 Policy = Literal["remove", "flag"]
-VERIFY_METHODS = ("embedding", "lexical", "none")
+VERIFY_METHODS = ("embedding", "lexical", "model", "none")
+DEFAULT_THRESHOLDS = {"embedding": EMBEDDING_THRESHOLD, "lexical": LEXICAL_THRESHOLD,
+                      "model": MODEL_THRESHOLD, "none": LEXICAL_THRESHOLD}
 POLICIES = ("remove", "flag")
 
 __all__ = [
@@ -66,9 +80,14 @@ class AnswerOptions:
     threshold: float = LEXICAL_THRESHOLD
     policy: Policy = "remove"
     min_similarity: float = 0.45
+    # The passages an answer cites must include one within this much of the question's best
+    # passage in similarity: an answer built on a side topic does not answer the question.
+    relevance_margin: float = 0.1
     passage_tokens: int = 1200
     max_passages: int = 6
     max_new_tokens: int = 256
+    # "model": the verifier directory to use instead of the domain's promoted verifier.
+    verifier: str = ""
 
     @classmethod
     def from_settings(cls, **overrides) -> AnswerOptions:
@@ -77,12 +96,13 @@ class AnswerOptions:
         if threshold is None and method == settings.KMS_VERIFY_METHOD:
             threshold = settings.KMS_VERIFY_THRESHOLD or None  # it belongs to that method
         if threshold is None:
-            threshold = LEXICAL_THRESHOLD if method == "lexical" else EMBEDDING_THRESHOLD
+            threshold = DEFAULT_THRESHOLDS.get(method, LEXICAL_THRESHOLD)
         values = {
             "verify": method,
             "threshold": threshold,
             "policy": settings.KMS_VERIFY_POLICY,
             "min_similarity": settings.KMS_ANSWER_MIN_SIMILARITY,
+            "relevance_margin": settings.KMS_ANSWER_RELEVANCE_MARGIN,
             "passage_tokens": settings.KMS_ANSWER_PASSAGE_TOKENS,
             "max_passages": settings.KMS_ANSWER_MAX_PASSAGES,
             "max_new_tokens": settings.KMS_GENERATOR_MAX_NEW_TOKENS,
@@ -102,6 +122,9 @@ class AnswerOptions:
                 f"The verification threshold must be above 0 and at most 1, not {self.threshold}"
                 " (KMS_VERIFY_THRESHOLD)."
             )
+        if self.relevance_margin < 0:
+            raise SearchError("The relevance margin cannot be negative "
+                              "(KMS_ANSWER_RELEVANCE_MARGIN; 1 turns the check off).")
         if self.passage_tokens < 1 or self.max_passages < 1 or self.max_new_tokens < 1:
             raise SearchError("passage_tokens, max_passages and max_new_tokens must be positive.")
         return self
@@ -119,6 +142,7 @@ class Claim:
     invented: tuple[int, ...] = ()  # numbers cited that were not among the passages
     kept: bool = True  # False: removed from the answer
     attributed: bool = False  # uncited by the generator; the check found the passage backing it
+    contradicted: tuple[int, ...] = ()  # cited passages that say the opposite ("model" check)
 
 
 @dataclass
@@ -132,16 +156,27 @@ class Answer:
     claims: list[Claim] = field(default_factory=list)
     draft: str = ""  # the generator's own text, before verification
     backend: str = ""
-    verification: str = "none"
+    verification: str = "none"  # the check that ran (the fallback's name when it stood in)
+    verification_note: str = ""  # why the configured check did not run, when it did not
     timings_ms: dict[str, float] = field(default_factory=dict)
     passage_texts: dict[int, str] = field(default_factory=dict)  # number -> chunk text
     # The question's best cosine similarity to a passage: what the abstention gate looks at.
     similarity: float = 0.0
+    # number -> the question's similarity to that passage (0 when only keywords matched it)
+    relevance: dict[int, float] = field(default_factory=dict)
+    # Abstained because the cited passages do not address the question (the answer it would
+    # have given is still in ``claims``).
+    off_topic: bool = False
 
     @property
     def flagged(self) -> list[Claim]:
         """Sentences the check did not support (removed, or shown without citations)."""
         return [c for c in self.claims if c.supported is False]
+
+    @property
+    def contradicted(self) -> list[Claim]:
+        """Sentences a cited passage contradicts: never shown with a citation."""
+        return [c for c in self.claims if c.contradicted]
 
 
 @dataclass(frozen=True)
@@ -204,7 +239,10 @@ def stream_answer(
         "question": question.strip(), "passages": shown, "backend": generator.name,
         "verification": options.verify, "timings_ms": timings,
         "passage_texts": {p.number: p.chunk.text for p in passages},
+        "relevance": {p.number: round(p.chunk.dense.score if p.chunk.dense else 0.0, 4)
+                      for p in passages},
     }
+    verifier = _verifier(domain, options)
 
     best = max((p.chunk.dense.score for p in passages if p.chunk.dense), default=0.0)
     base["similarity"] = round(best, 4)
@@ -224,17 +262,18 @@ def stream_answer(
     timings["generation"] = _ms(generating)
 
     checking = time.perf_counter()
-    result = _finish(draft, options, base)
+    result = _finish(draft, options, base, verifier)
     timings["verification"] = _ms(checking)
     timings["total"] = _ms(started)
     yield result
 
 
-def reverify(result: Answer, options: AnswerOptions) -> Answer:
+def reverify(result: Answer, options: AnswerOptions, domain: str | Domain | None = None) -> Answer:
     """The answer the same draft gives under other verification options.
 
     Evaluation compares verification methods on one generation per question this way; an
-    answer that abstained before generating stays as it is.
+    answer that abstained before generating stays as it is. ``"model"`` uses
+    ``options.verifier``, else ``domain``'s promoted verifier.
     """
     if not result.draft and result.abstained:
         return result
@@ -243,13 +282,71 @@ def reverify(result: Answer, options: AnswerOptions) -> Answer:
         "question": result.question, "passages": result.passages, "backend": result.backend,
         "verification": options.verify, "timings_ms": dict(result.timings_ms),
         "passage_texts": result.passage_texts, "similarity": result.similarity,
+        "relevance": result.relevance,
     }
-    again = _finish(result.draft, options, base)
+    verifier = _verifier(domain, options) if domain is not None or options.verifier else None
+    again = _finish(result.draft, options, base, verifier)
     spent = _ms(started)
     previous = result.timings_ms.get("verification", 0.0)
     again.timings_ms["verification"] = spent
     again.timings_ms["total"] = round(result.timings_ms.get("total", 0.0) - previous + spent, 1)
     return again
+
+
+def _verifier(domain: str | Domain, options: AnswerOptions) -> Path | None:
+    """The verifier directory "model" checks with: the option's, else the promoted one."""
+    if options.verify != "model":
+        return None
+    if options.verifier:
+        return Path(options.verifier)
+    return served_verifier(domain)
+
+
+def _check(sentences: list[AnswerSentence], options: AnswerOptions, base: dict,
+           verifier: Path | None):
+    """The support checks, and the note when the lexical check stands in for the verifier.
+
+    A missing or unloadable verifier never leaves an answer unchecked: the lexical check at
+    its own threshold runs instead, and the answer says so.
+    """
+    pairs = [(s.text, s.cited) for s in sentences]
+    # A sentence whose only markers were made up is not rescued: its author guessed.
+    attribute = [not s.invalid for s in sentences]
+    if options.verify == "model":
+        if verifier is None:
+            note = ("No verifier is promoted for this domain (train one with manage.py "
+                    "train_verifier): checked lexically instead.")
+        else:
+            try:
+                return verify(pairs, base["passage_texts"], "model", options.threshold,
+                              attribute=attribute, verifier=verifier), ""
+            except VerifierUnavailable as exc:
+                note = f"{exc} Checked lexically instead."
+        base["verification"] = "lexical"
+        return verify(pairs, base["passage_texts"], "lexical", LEXICAL_THRESHOLD,
+                      attribute=attribute), note
+    return verify(pairs, base["passage_texts"], options.verify, options.threshold,
+                  attribute=attribute), ""
+
+
+def _off_topic(kept: list[Claim], options: AnswerOptions, base: dict) -> str:
+    """Why the cited passages do not answer the question, or "" when one of them does.
+
+    A sentence can be true to its passage and still be about something else: the passage
+    closest to the question is the best evidence of what the question is about, so an answer
+    citing only passages far less similar to the question than that one does not address it.
+    """
+    relevance = base.get("relevance") or {}
+    cited = {n for c in kept for n in c.citations}
+    if not relevance or not cited or options.relevance_margin >= 1:
+        return ""
+    best = max(relevance.values())
+    closest = max(relevance.get(n, 0.0) for n in cited)
+    if closest >= best - options.relevance_margin:
+        return ""
+    return (f"The answer cites only passages less related to the question ({closest:.2f}) "
+            f"than the closest one ({best:.2f}, margin {options.relevance_margin:.2f}, "
+            "KMS_ANSWER_RELEVANCE_MARGIN): it does not address the question.")
 
 
 def _weak_support(
@@ -284,7 +381,9 @@ def _refusal_parts(draft: str) -> tuple[bool, str]:
     return not rest, rest
 
 
-def _finish(draft: str, options: AnswerOptions, base: dict) -> Answer:
+def _finish(draft: str, options: AnswerOptions, base: dict,
+            verifier: Path | None = None) -> Answer:
+    base = dict(base)
     numbers = set(base["passage_texts"])
     only_refusal, content = _refusal_parts(draft)
     if only_refusal:
@@ -302,16 +401,12 @@ def _finish(draft: str, options: AnswerOptions, base: dict) -> Answer:
     if options.verify == "none":
         claims = [Claim(s.text, s.cited, s.cited, None, None, s.invalid) for s in sentences]
     else:
-        # A sentence whose only markers were made up is not rescued: its author guessed.
-        checks = verify(
-            [(s.text, s.cited) for s in sentences], base["passage_texts"], options.verify,
-            options.threshold, attribute=[not s.invalid for s in sentences],
-        )
+        checks, base["verification_note"] = _check(sentences, options, base, verifier)
         claims = [
             Claim(
                 s.text, s.cited, check.supporting, check.supported, check.score, s.invalid,
                 kept=check.supported or options.policy == "flag",
-                attributed=check.supported and not s.cited,
+                attributed=check.supported and not s.cited, contradicted=check.contradicted,
             )
             for s, check in zip(sentences, checks, strict=True)
         ]
@@ -322,6 +417,10 @@ def _finish(draft: str, options: AnswerOptions, base: dict) -> Answer:
             reason="No sentence of the generated answer is supported by a passage it cites.",
             **base,
         )
+    off_topic = _off_topic(kept, options, base) if options.verify != "none" else ""
+    if off_topic:
+        return Answer(text=NO_ANSWER, abstained=True, sources=[], draft=draft, claims=claims,
+                      reason=off_topic, off_topic=True, **base)
     text = render([AnswerSentence(c.text, c.citations, (), 0, 0) for c in kept])
     used = {n for c in kept for n in c.citations}
     by_number = {citation.number: citation for citation in base["passages"]}

@@ -23,7 +23,16 @@ same topics, each citing the passage it is about:
   the close paraphrases and rejects all wrong claims but one that swaps a single word
   ("Insulin is the first-line drug ..."); at 0.6 three wrong claims passed.
 
-Both methods also require every number in the sentence (a dose, a date, a percentage) to appear
+* ``"model"``: the trained support verifier (:mod:`search.answering.support_model`) reads
+  the sentence with each window of three sentences of a cited passage, as it was trained,
+  and gives the probability that the window supports it; it also says when a passage
+  **contradicts** the sentence, which neither score can. ``MODEL_THRESHOLD`` applies to that
+  probability. Only a single passage can support a sentence (the model reads one at a time),
+  and a sentence the passage contains word for word (:func:`quoted`) is supported by it
+  without asking: on PubMedQA the verifier called 29 sentences the extractive backend had
+  copied from their passage "contradicted".
+
+All methods also require every number in the sentence (a dose, a date, a percentage) to appear
 in the passages it cites: neither score notices "1000 mg" where the passage says "500 mg"
 (0.66 and 0.71 on the metformin passage of ``tests/test_answers``), and in clinical and
 financial text a wrong number is the most harmful error there is.
@@ -39,19 +48,24 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
 
 from search.answering.citations import MARKER_LIKE
+from search.answering.support_model import classify, load_verifier
 from search.ingestion.embedding import get_embedder
 from search.ingestion.sentences import split_sentences
 from search.retrieval.text_analysis import analyze
 
-Method = Literal["embedding", "lexical"]
+Method = Literal["embedding", "lexical", "model"]
+METHODS = ("embedding", "lexical", "model")
 
 EMBEDDING_THRESHOLD = 0.6
 LEXICAL_THRESHOLD = 0.7
+MODEL_THRESHOLD = 0.5
+MODEL_WINDOW = 3  # sentences per passage window: what the verifier was trained on
 # An uncited sentence needs this many distinct terms to be given a citation: "HACKED." copied
 # from an injected passage matches it fully, but a word or two is not a claim worth citing.
 MIN_ATTRIBUTION_TERMS = 3
@@ -70,6 +84,8 @@ class SentenceCheck:
     # The cited passages that back the sentence: each one reaching the threshold alone, or all
     # of them when only their union does (a claim drawing on two passages). Empty: unsupported.
     supporting: tuple[int, ...] = ()
+    # Cited passages that contradict it ("model" only; never when it is supported).
+    contradicted: tuple[int, ...] = ()
 
 
 def strip_citations(sentence: str) -> str:
@@ -107,12 +123,57 @@ def embedding_support(sentence: str, passages_text: list[str]) -> float:
 
 
 def support_score(sentence: str, passages_text: list[str], method: Method) -> float:
-    """The score :func:`verify` compares with its threshold, for one sentence."""
+    """The score :func:`verify` compares with its threshold, for one sentence (the checks
+    that need no trained model)."""
     if method == "embedding":
         return embedding_support(sentence, passages_text)
     if method == "lexical":
         return lexical_support(sentence, passages_text)
     raise ValueError(f"Unknown verification method {method!r}; use 'embedding' or 'lexical'.")
+
+
+def _flat(text: str) -> str:
+    return " ".join(re.findall(r"\w+", text.lower()))
+
+
+def quoted(claim: str, passage: str) -> bool:
+    """Whether the passage contains the claim word for word (case and punctuation aside)."""
+    flat = _flat(claim)
+    return bool(flat) and f" {flat} " in f" {_flat(passage)} "
+
+
+def passage_windows(text: str, size: int = MODEL_WINDOW) -> list[str]:
+    """Every run of ``size`` consecutive sentences of a passage (all of it when shorter)."""
+    pieces = _sentences(text)
+    return [" ".join(pieces[start:start + size])
+            for start in range(max(len(pieces) - size + 1, 1))] if pieces else []
+
+
+def _model_matrices(claims: Sequence[str], passages: dict[int, str], needed: set[tuple[int, int]],
+                    verifier: Path) -> tuple[np.ndarray, np.ndarray]:
+    """``[i, j]``: the verifier's best support and contradiction probabilities of claim i
+    against a window of the j-th passage (sorted order), for the ``needed`` cells only:
+    one batch of every (claim, window) pair."""
+    load_verifier(verifier)  # unusable: VerifierUnavailable, even if nothing needs asking
+    numbers = sorted(passages)
+    windows = {number: passage_windows(passages[number]) for number in numbers}
+    supports = np.zeros((len(claims), len(numbers)), dtype=np.float32)
+    contradicts = np.zeros_like(supports)
+    cells, pairs = [], []
+    for i, column in sorted(needed):
+        if quoted(claims[i], passages[numbers[column]]):
+            supports[i, column] = 1.0
+            continue
+        for window in windows[numbers[column]]:
+            cells.append((i, column))
+            pairs.append((claims[i], window))
+    for (i, column), judged in zip(cells, classify(verifier, pairs) if pairs else [],
+                                   strict=True):
+        supports[i, column] = max(supports[i, column], judged.probabilities["supports"])
+        if judged.label == "contradicts":
+            contradicts[i, column] = max(contradicts[i, column],
+                                         judged.probabilities["contradicts"])
+    return supports, contradicts
 
 
 def _embedding_matrix(claims: Sequence[str], passages: dict[int, str]) -> np.ndarray:
@@ -164,23 +225,36 @@ def verify(
     threshold: float,
     *,
     attribute: bool | Sequence[bool] = False,
+    verifier: Path | None = None,
 ) -> list[SentenceCheck]:
     """One check per answer sentence; citations of numbers not in ``passages`` count as nothing.
 
     ``attribute`` (one flag, or one per sentence) lets an uncited sentence take the passage
-    that passes the check for it.
+    that passes the check for it. ``verifier`` is the model directory ``"model"`` needs; it
+    raises :class:`~search.answering.support_model.VerifierUnavailable` when it cannot load.
     """
     flags = [attribute] * len(sentences) if isinstance(attribute, bool) else list(attribute)
-    if method not in ("embedding", "lexical"):
-        raise ValueError(f"Unknown verification method {method!r}; use 'embedding' or 'lexical'.")
+    if method not in METHODS:
+        raise ValueError(f"Unknown verification method {method!r}; use one of "
+                         f"{', '.join(METHODS)}.")
+    if method == "model" and verifier is None:
+        raise ValueError("The 'model' verification needs the verifier's directory.")
     numbers = sorted(passages)
     column = {number: k for k, number in enumerate(numbers)}
     claims = [strip_citations(sentence) for sentence, _ in sentences]
     claim_terms = [set(analyze(claim)) for claim in claims]
     passage_terms = {number: set(analyze(passages[number])) for number in numbers}
     passage_numbers = {number: numbers_in(passages[number]) for number in numbers}
+    against = np.zeros((len(claims), len(numbers)), dtype=np.float32)
     if method == "embedding":
         per_passage = _embedding_matrix(claims, passages)
+    elif method == "model":
+        needed = {
+            (i, column[n])
+            for i, (_, cited) in enumerate(sentences) if claims[i]
+            for n in (cited if cited else numbers if flags[i] else ()) if n in column
+        }
+        per_passage, against = _model_matrices(claims, passages, needed, verifier)
     else:
         per_passage = np.array(
             [[_recall(terms, passage_terms[n]) for n in numbers] for terms in claim_terms],
@@ -216,6 +290,8 @@ def verify(
             n for n in known
             if per_passage[i, column[n]] >= threshold and stated <= passage_numbers[n]
         )
+        if method == "model":
+            supported = supported and bool(alone)  # the model judges one passage at a time
         checks.append(
             SentenceCheck(
                 sentence=sentence,
@@ -226,6 +302,8 @@ def verify(
                 supporting=(alone or _needed(claim_terms[i], stated, known, threshold,
                                              passage_terms, passage_numbers))
                 if supported else (),
+                contradicted=() if supported else tuple(
+                    n for n in known if against[i, column[n]] >= threshold),
             )
         )
     return checks

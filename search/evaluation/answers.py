@@ -11,11 +11,13 @@ verification are compared on identical text.
 Citation quality follows ALCE (Gao et al., 2023): citation recall is the share of answer
 sentences that their cited passages, taken together, support; citation precision is the share
 of citations that support their sentence alone, or are needed for the joint support. ALCE
-judges support with an NLI model; none is available offline here, so :func:`judge` requires
-*both* serving checks and matching numbers (embedding >= 0.6, lexical >= 0.7). That is
-stricter than either check alone but shares their blind spots, so the gold-source share (the
-citations that point into the question's own abstract) is reported beside it as a check that
-does not depend on them.
+judges support with an NLI model; none ships offline here. A row is never judged by its own
+serving check, which would measure the check agreeing with itself: the trained support
+verifier (:class:`VerifierJudge`) judges the rows verified lexically, by embedding or not at
+all, and the lexical check with matching numbers (:class:`LexicalJudge`) judges the rows the
+verifier checked. Each row names its judge. The gold-source share (citations into the
+question's own abstract) and the off-source share (answers citing only other abstracts) need
+no model at all.
 """
 
 from __future__ import annotations
@@ -37,12 +39,16 @@ from kms.store.models import Domain
 from search.answering.answers import Answer, AnswerOptions, answer, reverify
 from search.answering.citations import MARKER_LIKE
 from search.answering.generation.base import Generator
+from search.answering.support_model import classify
 from search.answering.verification import (
     EMBEDDING_THRESHOLD,
     LEXICAL_THRESHOLD,
+    MODEL_THRESHOLD,
     embedding_support,
     lexical_support,
     numbers_in,
+    passage_windows,
+    quoted,
     strip_citations,
 )
 from search.evaluation import stats
@@ -53,7 +59,7 @@ from search.retrieval import index_store as bm25_store
 SOURCE_PREFIX = "pubmedqa:"
 # The command stores and answers over the dataset's own, owned domain (not a staff one).
 EVALUATION = Access.everything("answer evaluation")
-VERIFICATIONS = ("none", "embedding", "lexical")
+VERIFICATIONS = ("none", "embedding", "lexical", "model")
 DECISIONS = ("yes", "no", "maybe")
 # Questions no biomedical abstract answers: every one should get the no-answer sentence.
 OFF_TOPIC = (
@@ -188,17 +194,62 @@ def decision_of(text: str) -> str | None:
 
 # --- citation quality (ALCE-style) --------------------------------------------------------
 
-def judge(sentence: str, passages: Sequence[str]) -> bool:
-    """Whether ``passages`` together support ``sentence`` (see the module docstring)."""
-    claim = strip_citations(sentence)
-    if not claim or not passages:
-        return False
-    if not numbers_in(claim) <= set().union(*(numbers_in(p) for p in passages)):
-        return False
-    return (
-        lexical_support(claim, list(passages)) >= LEXICAL_THRESHOLD
-        and embedding_support(claim, list(passages)) >= EMBEDDING_THRESHOLD
-    )
+Judge = Callable[[str, Sequence[str]], bool]
+
+
+def _numbers_match(claim: str, passages: Sequence[str]) -> bool:
+    return numbers_in(claim) <= set().union(*(numbers_in(p) for p in passages))
+
+
+class LexicalJudge:
+    """The lexical check at its threshold with matching numbers: the verifier rows' judge."""
+
+    name = f"lexical >= {LEXICAL_THRESHOLD} and the numbers match"
+
+    def __call__(self, sentence: str, passages: Sequence[str]) -> bool:
+        claim = strip_citations(sentence)
+        return bool(claim and passages) and _numbers_match(claim, passages) \
+            and lexical_support(claim, list(passages)) >= LEXICAL_THRESHOLD
+
+
+class BothChecksJudge:
+    """Both checks with matching numbers: what judged every row before a verifier existed,
+    and still the fallback when there is none (then not independent of those rows)."""
+
+    name = (f"embedding >= {EMBEDDING_THRESHOLD} and lexical >= {LEXICAL_THRESHOLD} and the "
+            "numbers match (no verifier: not independent of those rows' checks)")
+
+    def __call__(self, sentence: str, passages: Sequence[str]) -> bool:
+        claim = strip_citations(sentence)
+        return bool(claim and passages) and _numbers_match(claim, passages) \
+            and lexical_support(claim, list(passages)) >= LEXICAL_THRESHOLD \
+            and embedding_support(claim, list(passages)) >= EMBEDDING_THRESHOLD
+
+
+class VerifierJudge:
+    """The trained support verifier: some window of a passage supports the sentence, with
+    matching numbers, or the passage quotes it. Judgements are cached, since every row
+    judges the same sentences."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.name = f"support verifier {self.path.name} (p >= {MODEL_THRESHOLD})"
+        self._cache: dict[tuple[str, str], float] = {}
+
+    def support(self, claim: str, passage: str) -> float:
+        if quoted(claim, passage):
+            return 1.0
+        if (claim, passage) not in self._cache:
+            windows = passage_windows(passage)
+            judged = classify(self.path, [(claim, w) for w in windows]) if windows else []
+            self._cache[claim, passage] = max(
+                (j.probabilities["supports"] for j in judged), default=0.0)
+        return self._cache[claim, passage]
+
+    def __call__(self, sentence: str, passages: Sequence[str]) -> bool:
+        claim = strip_citations(sentence)
+        return bool(claim and passages) and _numbers_match(claim, passages) and any(
+            self.support(claim, p) >= MODEL_THRESHOLD for p in passages)
 
 
 @dataclass
@@ -214,7 +265,8 @@ class CitationCounts:
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
 
-def citation_counts(result: Answer, gold_document: int | None) -> CitationCounts:
+def citation_counts(result: Answer, gold_document: int | None,
+                    judge: Judge) -> CitationCounts:
     """ALCE counts for the sentences the user sees (none when the answer abstains)."""
     counts = CitationCounts()
     if result.abstained:
@@ -259,6 +311,18 @@ class Row:
     latency_p50_ms: float
     latency_p95_ms: float
     sentences_removed: int = 0
+    judge: str = ""  # what scored citation precision and recall (never the row's own check)
+    verification_p50_ms: float = 0.0  # the check's own time per answer
+    verification_p95_ms: float = 0.0
+    # Answers citing only passages of other abstracts, of the answers shown: with the
+    # relevance check, and without it (the answers it turned into abstentions put back).
+    off_source_share: float | None = None
+    off_source_share_unchecked: float | None = None
+    off_source_counts: tuple[int, int, int, int] = (0, 0, 0, 0)  # off, of shown; unchecked
+    relevance_abstained: int = 0  # answers the relevance check withheld
+    relevance_abstained_gold: int = 0  # of those, ones that cited the question's own abstract
+    contradicted: int = 0  # sentences a cited passage contradicts (the verifier rows)
+    fallbacks: int = 0  # answers the lexical check verified because the verifier could not
 
 
 @dataclass
@@ -286,10 +350,11 @@ def _share(part: int, whole: int) -> float | None:
 
 def summarise(
     backend: str, verification: str, items: Sequence[QAItem], results: Sequence[Answer],
-    gold_documents: dict[str, int],
+    gold_documents: dict[str, int], judge: Judge,
 ) -> Row:
-    f1s, rouges, answered_f1, latencies = [], [], [], []
-    decided = correct = removed = 0
+    f1s, rouges, answered_f1, latencies, checking = [], [], [], [], []
+    decided = correct = removed = withheld = withheld_gold = 0
+    off_source = {"checked": [0, 0], "unchecked": [0, 0]}  # [off source, answers]
     counts = CitationCounts()
     for item, result in zip(items, results, strict=True):
         text = "" if result.abstained else result.text
@@ -301,11 +366,23 @@ def summarise(
         if decision:
             decided += 1
             correct += decision == item.decision
-        counts.add(citation_counts(result, gold_documents.get(item.pmid)))
+        gold = gold_documents.get(item.pmid)
+        counts.add(citation_counts(result, gold, judge))
         removed += sum(1 for c in result.claims if not c.kept)
         latencies.append(result.timings_ms.get("total", 0.0))
+        checking.append(result.timings_ms.get("verification", 0.0))
+        cited = _cited_documents(result)
+        if result.off_topic:
+            withheld += 1
+            withheld_gold += gold in cited
+        for name, shown in (("checked", not result.abstained),
+                            ("unchecked", not result.abstained or result.off_topic)):
+            if shown and cited:
+                off_source[name][1] += 1
+                off_source[name][0] += gold not in cited
     answered = sum(1 for r in results if not r.abstained)
     latency = stats.percentiles(latencies, (50, 95))
+    verifying = stats.percentiles(checking, (50, 95))
     return Row(
         backend=backend,
         verification=verification,
@@ -323,7 +400,34 @@ def summarise(
         latency_p50_ms=round(latency.get("p50", 0.0), 1),
         latency_p95_ms=round(latency.get("p95", 0.0), 1),
         sentences_removed=removed,
+        judge=getattr(judge, "name", str(judge)),
+        verification_p50_ms=round(verifying.get("p50", 0.0), 1),
+        verification_p95_ms=round(verifying.get("p95", 0.0), 1),
+        off_source_share=_share(*off_source["checked"]),
+        off_source_share_unchecked=_share(*off_source["unchecked"]),
+        off_source_counts=(*off_source["checked"], *off_source["unchecked"]),
+        relevance_abstained=withheld,
+        relevance_abstained_gold=withheld_gold,
+        contradicted=sum(len(r.contradicted) for r in results),
+        fallbacks=sum(1 for r in results if r.verification_note),
     )
+
+
+def _cited_documents(result: Answer) -> set[int]:
+    """The documents the shown answer cites, or the one it would have shown (off topic)."""
+    by_number = {c.number: c.document_id for c in result.passages}
+    if result.abstained and not result.off_topic:
+        return set()
+    return {by_number[n] for c in result.claims if c.kept for n in c.citations}
+
+
+def judges_for(verifier: Path | None) -> dict[str, Judge]:
+    """Which judge scores each verification's row: never that row's own check."""
+    if verifier is None:
+        both = BothChecksJudge()
+        return {"none": both, "embedding": both, "lexical": both, "model": LexicalJudge()}
+    model = VerifierJudge(verifier)
+    return {"none": model, "embedding": model, "lexical": model, "model": LexicalJudge()}
 
 
 def evaluate(
@@ -332,17 +436,23 @@ def evaluate(
     domain: Domain,
     *,
     verifications: Sequence[str] = VERIFICATIONS,
+    verifier: Path | None = None,
     on_answer: Callable[[str], None] | None = None,
     examples: int = 3,
 ) -> Report:
-    """Answer every item with every backend; one row per backend and verification setting."""
+    """Answer every item with every backend; one row per backend and verification setting.
+
+    ``verifier`` serves the "model" rows and judges the others; without one the "model" rows
+    fall back to the lexical check (and say so) and the others are judged by both checks.
+    """
     gold_documents = dict(
         (source[len(SOURCE_PREFIX):], pk) for pk, source in
         domain.documents.filter(source__startswith=SOURCE_PREFIX).values_list("pk", "source")
     )
+    judges = judges_for(verifier)
     report = Report(
         dataset="PubMedQA PQA-L", questions=len(items),
-        judge="embedding >= 0.6 and lexical >= 0.7 and the numbers match (no NLI model offline)",
+        judge="; ".join(f"{method} rows: {judges[method].name}" for method in verifications),
     )
     similarities: list[float] = []
     for name, generator in backends.items():
@@ -358,9 +468,11 @@ def evaluate(
         if not similarities:
             similarities = [r.similarity for r in drafts]
         for verification in verifications:
-            options = AnswerOptions.from_settings(verify=verification)
+            options = AnswerOptions.from_settings(
+                verify=verification, verifier=str(verifier) if verifier else None)
             results = drafts if verification == "none" else [reverify(r, options) for r in drafts]
-            report.rows.append(summarise(name, verification, items, results, gold_documents))
+            report.rows.append(summarise(name, verification, items, results, gold_documents,
+                                         judges[verification]))
         off_topic = [
             answer(question, domain=domain, access=EVALUATION, generator=generator)
             for question in OFF_TOPIC
@@ -372,7 +484,8 @@ def evaluate(
         for item, result in list(zip(items, drafts, strict=True))[:examples]:
             report.examples.append({
                 "backend": name, "question": item.question, "draft": result.draft,
-                "verified": reverify(result, AnswerOptions.from_settings()).text,
+                "verified": reverify(result, AnswerOptions.from_settings(
+                    verifier=str(verifier) if verifier else None)).text,
                 "gold": item.long_answer,
             })
     if similarities:
@@ -391,16 +504,34 @@ def format_table(report: Report) -> str:
 
     lines = [
         "| backend | verification | token-F1 | ROUGE-L | yes/no/maybe acc. (n) | "
-        "citation precision | citation recall | gold-source share | abstained | "
-        "latency p50 / p95 |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "citation precision | citation recall | judge | gold-source share | "
+        "off-source answers (no relevance check) | abstained | latency p50 / p95 | "
+        "check p50 / p95 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in report.rows:
         accuracy = f"{show(row.accuracy)} ({row.decisions})" if row.decisions else "n/a"
         lines.append(
             f"| {row.backend} | {row.verification} | {show(row.token_f1)} | {show(row.rouge_l)} "
             f"| {accuracy} | {show(row.citation_precision)} | {show(row.citation_recall)} | "
-            f"{show(row.gold_source_share)} | {row.abstention_rate:.1%} | "
-            f"{row.latency_p50_ms / 1000:.2f} s / {row.latency_p95_ms / 1000:.2f} s |"
+            f"{_judge_label(row.judge)} | {show(row.gold_source_share)} | "
+            f"{_counted(row.off_source_counts)} | "
+            f"{row.abstention_rate:.1%} | "
+            f"{row.latency_p50_ms / 1000:.2f} s / {row.latency_p95_ms / 1000:.2f} s | "
+            f"{row.verification_p50_ms:.0f} / {row.verification_p95_ms:.0f} ms |"
         )
     return "\n".join(lines)
+
+
+def _judge_label(name: str) -> str:
+    """A short name for the table; the report's footer gives each judge in full."""
+    if name.startswith("support verifier"):
+        return "verifier"
+    return "lexical" if name.startswith("lexical") else "both checks"
+
+
+def _counted(counts: Sequence[int]) -> str:
+    off, shown, off_unchecked, shown_unchecked = counts
+    if not shown_unchecked:
+        return "n/a"
+    return f"{off}/{shown} ({off_unchecked}/{shown_unchecked})"

@@ -12,7 +12,11 @@ windows of ``window`` consecutive sentences:
   information (a hard negative: shares words, says nothing about the claim);
 * ``noinfo``: the BM25-nearest window of an abstract a NOINFO claim cites;
 * ``copied`` (training only): a sentence of an abstract against the window holding it,
-  supports, because a statement copied from its passage is what an extractive answer writes.
+  supports, because a statement copied from its passage is what an extractive answer writes;
+* ``reversed`` (training only): a supported rationale claim or copied sentence turned
+  around by :func:`reverse` (a direction word swapped, a ``not`` dropped, a number moved by
+  one), contradicts. Its rules are not those of :func:`contradict`, which makes the held-out
+  contradiction set, so that set measures what the model learned, not the rule it was shown.
 
 The split is by claim (``held_out_claims``), so no claim has pairs on both sides.
 """
@@ -36,7 +40,7 @@ from search.retrieval.text_analysis import analyze
 
 SUPPORTS, CONTRADICTS, NOT_ENOUGH_INFO = LABELS  # the names serving reads from the model
 _FROM_SCIFACT = {"SUPPORT": SUPPORTS, "CONTRADICT": CONTRADICTS}
-KINDS = ("rationale", "other-sentences", "retrieved", "noinfo", "copied")
+KINDS = ("rationale", "other-sentences", "retrieved", "noinfo", "copied", "reversed")
 CLAIMS_FILE = "claims_train.jsonl"
 SENTENCES_FILE = "corpus_sentences.jsonl.gz"
 
@@ -178,8 +182,9 @@ class WindowSearch:
 def labelled_pairs(claims: Sequence[Claim], abstracts: dict[int, Abstract], *,
                    window: int = 3, copied: bool = False, seed: int = 13,
                    search: WindowSearch | None = None) -> list[LabelledPair]:
-    """Every pair the claims give (see the module docstring); ``copied`` adds one copied
-    sentence per claim with evidence (for training, never for judging)."""
+    """Every pair the claims give (see the module docstring); ``copied`` adds, for training
+    and never for judging, one copied sentence per claim with evidence and the ``reversed``
+    form of every supported pair that :func:`reverse` can turn around."""
     rng = random.Random(seed)
     search = search or WindowSearch(abstracts, window)
     pairs: list[LabelledPair] = []
@@ -220,7 +225,56 @@ def labelled_pairs(claims: Sequence[Claim], abstracts: dict[int, Abstract], *,
                 pairs.append(LabelledPair(abstract.sentences[index],
                                           _text(abstract, _around(abstract, [index], window)),
                                           SUPPORTS, "copied", claim.id))
+    if copied:
+        pairs += [LabelledPair(turned, pair.passage, CONTRADICTS, "reversed", pair.claim_id)
+                  for pair in pairs if pair.label == SUPPORTS
+                  for turned in [reverse(pair.sentence)] if turned is not None]
     return pairs
+
+
+# --- contradictions made for training ----------------------------------------------------------
+
+_OPPOSITES = dict(pair for a, b in [
+    ("increase", "decrease"), ("increases", "decreases"), ("increased", "decreased"),
+    ("increasing", "decreasing"), ("higher", "lower"), ("more", "less"), ("high", "low"),
+    ("reduces", "increases"), ("reduced", "increased"), ("reduce", "increase"),
+    ("improves", "worsens"), ("improved", "worsened"), ("inhibits", "activates"),
+    ("inhibit", "activate"), ("promotes", "inhibits"), ("enhances", "reduces"),
+    ("positive", "negative"), ("positively", "negatively"), ("upregulates", "downregulates"),
+    ("up-regulates", "down-regulates"), ("prevents", "causes"), ("better", "worse"),
+    ("greater", "smaller"), ("fewer", "more"), ("induces", "suppresses"),
+    ("suppresses", "induces"), ("benefit", "harm"), ("efficient", "inefficient"),
+    ("effective", "ineffective"), ("required", "dispensable"),
+] for pair in [(a, b), (b, a)])
+_DIRECTION = re.compile(r"\b(" + "|".join(map(re.escape, sorted(_OPPOSITES, key=len,
+                                                                     reverse=True))) + r")\b",
+                        re.IGNORECASE)
+_NOT = re.compile(r"\s+not\b|n't\b", re.IGNORECASE)
+_INTEGER = re.compile(r"(?<![\w.])(\d+)(?![\w.])")
+
+
+def reverse(sentence: str) -> str | None:
+    """The sentence made false for training, or None when no rule applies. In order:
+
+    1. the first direction word becomes its opposite (``increases`` -> ``decreases``,
+       ``higher`` -> ``lower``);
+    2. else its first ``not`` (or ``n't``) is dropped;
+    3. else its last whole number moves by one (``12`` -> ``13``).
+    """
+    word = _DIRECTION.search(sentence)
+    if word:
+        opposite = _OPPOSITES[word.group(1).lower()]
+        if word.group(1)[:1].isupper():
+            opposite = opposite[:1].upper() + opposite[1:]
+        return sentence[:word.start(1)] + opposite + sentence[word.end(1):]
+    negation = _NOT.search(sentence)
+    if negation:
+        return sentence[:negation.start()] + sentence[negation.end():]
+    numbers = list(_INTEGER.finditer(sentence))
+    if numbers:
+        last = numbers[-1]
+        return sentence[:last.start(1)] + str(int(last.group(1)) + 1) + sentence[last.end(1):]
+    return None
 
 
 # --- the contradiction test set ----------------------------------------------------------------

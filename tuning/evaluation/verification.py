@@ -17,7 +17,7 @@ from django.conf import settings
 from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score
 
 from search.answering.support_model import classify
-from search.answering.verification import verify
+from search.answering.verification import numbers_in, strip_citations, verify
 from tuning.data.claims import LABELS, NOT_ENOUGH_INFO, SUPPORTS, LabelledPair
 
 Labeller = Callable[[Sequence[LabelledPair]], list[str]]
@@ -54,9 +54,17 @@ def check_labeller(method: str, threshold: float | None = None) -> Labeller:
 
 
 def model_labeller(path: Path) -> Labeller:
-    """A trained verifier as a labeller: the label of its highest logit."""
+    """A trained verifier as serving uses it: the label of its highest logit, except that
+    "supports" needs every number of the sentence in the passage (serving's number check,
+    which the lexical and embedding rows go through as well)."""
     def label(pairs: Sequence[LabelledPair]) -> list[str]:
-        return [found.label for found in classify(path, [(p.sentence, p.passage) for p in pairs])]
+        found = classify(path, [(p.sentence, p.passage) for p in pairs])
+        return [
+            NOT_ENOUGH_INFO if judged.label == SUPPORTS
+            and not numbers_in(strip_citations(pair.sentence)) <= numbers_in(pair.passage)
+            else judged.label
+            for pair, judged in zip(pairs, found, strict=True)
+        ]
     return label
 
 

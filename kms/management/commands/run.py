@@ -11,6 +11,7 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from kms import embedded, system
+from kms.store.models import Domain, ModelRun
 from kms.supervisor import ServiceDied, Supervisor
 from search.ingestion.demo import load_demo
 from search.management.cli import print_summary, process_with_progress
@@ -53,6 +54,7 @@ class Command(BaseCommand):
             system.wait_for_http(f"http://{host}:{port}/healthz", 60, supervisor.check)
             if not options["no_demo"]:
                 self._load_demo(supervisor)
+                self._queue_verifier("healthcare")
             self.stdout.write(self.style.SUCCESS(
                 f"\nkms is running: http://{host}:{port}/admin/  user {username}"
                 + (f", password {password}" if password else "")
@@ -81,3 +83,23 @@ class Command(BaseCommand):
             state, seconds = process_with_progress(version_ids, inline=False, label="Demo corpus")
             self.stdout.write(f"Demo corpus: {state.embedded} chunks embedded in {seconds:.1f} s")
         print_summary(self.stdout, results, state, version_ids)
+
+    def _queue_verifier(self, slug: str) -> None:
+        """First start: the trainer learns a support verifier for the demo domain when none
+        is promoted or on its way and the claims data is present; until it is promoted
+        (or if it never is), answers are checked lexically."""
+        domain = Domain.objects.filter(slug=slug).first()
+        runs = ModelRun.objects.filter(domain=domain, kind=ModelRun.Kind.VERIFIER)
+        if domain is None or runs.filter(state__in=[ModelRun.State.PROMOTED,
+                                                    ModelRun.State.QUEUED,
+                                                    ModelRun.State.TRAINING]).exists():
+            return
+        try:
+            call_command("train_verifier", "--domain", slug, "--queue", stdout=self.stdout)
+        except CommandError as exc:
+            self.stdout.write(f"No support verifier trained ({exc}); answers are checked "
+                              "lexically.")
+            return
+        self.stdout.write("The trainer is learning a support verifier for the demo domain "
+                          "(about 20 minutes; progress in the admin's model runs); answers "
+                          "are checked lexically until it is promoted.")

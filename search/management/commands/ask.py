@@ -72,7 +72,9 @@ class Command(BaseCommand):
             self.stdout.write(f"({result.reason})")
         for claim in result.flagged:
             action = "removed" if result.abstained or not claim.kept else "kept, no citation"
-            self.stdout.write(f"  unsupported, {action} (score {claim.score:.2f}): {claim.text}")
+            what = (f"contradicted by [{', '.join(map(str, claim.contradicted))}]"
+                    if claim.contradicted else "unsupported")
+            self.stdout.write(f"  {what}, {action} (score {claim.score:.2f}): {claim.text}")
         for claim in result.claims:
             if claim.attributed and claim.kept:
                 self.stdout.write(f"  cited by the check, not the generator: {claim.text}")
@@ -92,6 +94,8 @@ class Command(BaseCommand):
             )
         times = ", ".join(f"{name} {ms:.0f} ms" for name, ms in result.timings_ms.items())
         self.stdout.write(f"\n{result.backend}, verification {result.verification}: {times}")
+        if result.verification_note:
+            self.stdout.write(result.verification_note)
 
 
 def _as_json(result: Answer) -> dict:

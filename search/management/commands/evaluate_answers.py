@@ -10,6 +10,8 @@ from tqdm import tqdm
 
 from search.answering.generation.backends import BACKENDS, get_generator
 from search.answering.generation.base import GeneratorError
+from search.answering.support_model import VerifierUnavailable
+from search.answering.verifier_runs import verifier_directory
 from search.evaluation.answers import (
     OFF_TOPIC,
     VERIFICATIONS,
@@ -45,6 +47,9 @@ class Command(BaseCommand):
                             "0 for all 500. SmolLM2 takes about 10 s per question.")
         parser.add_argument("--seed", type=int, default=13, help="Which questions --limit picks.")
         parser.add_argument("--verifications", default=",".join(VERIFICATIONS))
+        parser.add_argument("--verifier", help="The support verifier for the 'model' rows and "
+                            "judge of the others: a run id or a directory (default: the "
+                            "newest promoted one).")
         parser.add_argument("--json", type=Path, help="Also write the report here.")
         parser.add_argument("--keep", action="store_true",
                             help="Keep the evaluation domain (and its embedded contexts) for "
@@ -65,8 +70,14 @@ class Command(BaseCommand):
             raise CommandError(f"Unknown verification {unknown}; use {', '.join(VERIFICATIONS)}.")
         try:
             backends = {name: get_generator(name) for name in names}
-        except GeneratorError as exc:
+            verifier, described = verifier_directory(options["verifier"])
+        except (GeneratorError, VerifierUnavailable) as exc:
             raise CommandError(str(exc)) from exc
+        if verifier is None:
+            self.stderr.write("No verifier is promoted (manage.py train_verifier): the 'model' "
+                              "rows fall back to the lexical check and the others are judged "
+                              "by both checks, which is not independent of them.")
+        options["verifier"], options["verifier_described"] = verifier, described
 
         try:
             domain = owned_domain(options["domain"], "PubMedQA",
@@ -95,6 +106,7 @@ class Command(BaseCommand):
         started = time.monotonic()
         try:
             report = evaluate(test, backends, domain, verifications=verifications,
+                              verifier=options["verifier"],
                               on_answer=lambda name: (bar.set_postfix(backend=name),
                                                       bar.update()))
         except (GeneratorError, SearchError) as exc:
@@ -106,7 +118,16 @@ class Command(BaseCommand):
             f"{len(items)} abstracts in domain {domain.slug}; {time.monotonic() - started:.0f} s"
         )
         self.stdout.write(format_table(report))
-        self.stdout.write(f"\nCitation support judge: {report.judge}.")
+        self.stdout.write(f"\nVerifier: {options['verifier_described']}. Citation support "
+                          f"judges: {report.judge}.")
+        for row in report.rows:
+            if row.verification == "none":
+                continue
+            self.stdout.write(
+                f"{row.backend}/{row.verification}: the relevance check withheld "
+                f"{row.relevance_abstained} answers ({row.relevance_abstained_gold} of them citing "
+                f"the question's own abstract); {row.contradicted} sentences contradicted by a "
+                f"cited passage; {row.fallbacks} answers checked by the lexical fallback.")
         self.stdout.write(
             "Best passage similarity (abstention below KMS_ANSWER_MIN_SIMILARITY): PubMedQA "
             "questions " + _show(report.retrieval_similarity) + "; off-topic questions "

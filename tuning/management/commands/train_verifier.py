@@ -14,8 +14,6 @@ from tuning.data.claims import ClaimsError
 from tuning.evaluation.verification import MethodScores, format_scores
 from tuning.management.cli import parameter, train_here_or_queue
 
-DEFAULT_DATASET = Path(settings.BASE_DIR).parent / "shared/data/scifact"
-
 
 class Command(BaseCommand):
     help = (
@@ -28,9 +26,9 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--domain", help="Domain whose answers it verifies (default: the "
                             "only staff domain).")
-        parser.add_argument("--dataset", type=Path, default=DEFAULT_DATASET,
+        parser.add_argument("--dataset", type=Path, default=None,
                             help="Directory with claims_train.jsonl and "
-                            "corpus_sentences.jsonl.gz.")
+                            "corpus_sentences.jsonl.gz (default: KMS_VERIFIER_DATASET).")
         parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                             help="A training parameter (learning_rate, epochs, window, "
                             "held_out, max_steps, ...).")
@@ -41,7 +39,8 @@ class Command(BaseCommand):
         domain = self._domain(options["domain"])
         params = dict(parameter(item) for item in options["set"])
         try:
-            run = verifier_cycle.new_verifier_run(domain, options["dataset"], params)
+            run = verifier_cycle.new_verifier_run(
+                domain, options["dataset"] or settings.KMS_VERIFIER_DATASET, params)
         except (ValueError, registry.RegistryError) as exc:
             raise CommandError(str(exc)) from exc
         self.stdout.write(f"Run {run.pk}: verifier of {domain.slug} from {run.base_model}")
