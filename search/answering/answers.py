@@ -54,6 +54,7 @@ from search.answering.verification import (
     EMBEDDING_THRESHOLD,
     LEXICAL_THRESHOLD,
     MODEL_THRESHOLD,
+    SentenceCheck,
     verify,
 )
 from search.answering.verifier_runs import served_verifier
@@ -284,8 +285,7 @@ def reverify(result: Answer, options: AnswerOptions, domain: str | Domain | None
         "passage_texts": result.passage_texts, "similarity": result.similarity,
         "relevance": result.relevance,
     }
-    verifier = _verifier(domain, options) if domain is not None or options.verifier else None
-    again = _finish(result.draft, options, base, verifier)
+    again = _finish(result.draft, options, base, _verifier(domain, options))
     spent = _ms(started)
     previous = result.timings_ms.get("verification", 0.0)
     again.timings_ms["verification"] = spent
@@ -293,18 +293,19 @@ def reverify(result: Answer, options: AnswerOptions, domain: str | Domain | None
     return again
 
 
-def _verifier(domain: str | Domain, options: AnswerOptions) -> Path | None:
-    """The verifier directory "model" checks with: the option's, else the promoted one."""
+def _verifier(domain: str | Domain | None, options: AnswerOptions) -> Path | None:
+    """The verifier directory "model" checks with: the option's, else the domain's promoted
+    one (None: there is none, and the lexical check stands in)."""
     if options.verify != "model":
         return None
     if options.verifier:
         return Path(options.verifier)
-    return served_verifier(domain)
+    return served_verifier(domain) if domain is not None else None
 
 
-def _check(sentences: list[AnswerSentence], options: AnswerOptions, base: dict,
-           verifier: Path | None):
-    """The support checks, and the note when the lexical check stands in for the verifier.
+def _check(sentences: list[AnswerSentence], options: AnswerOptions, passages: dict[int, str],
+           verifier: Path | None) -> tuple[list[SentenceCheck], str, str]:
+    """The support checks, the method that ran, and why it is not the one asked for.
 
     A missing or unloadable verifier never leaves an answer unchecked: the lexical check at
     its own threshold runs instead, and the answer says so.
@@ -312,21 +313,20 @@ def _check(sentences: list[AnswerSentence], options: AnswerOptions, base: dict,
     pairs = [(s.text, s.cited) for s in sentences]
     # A sentence whose only markers were made up is not rescued: its author guessed.
     attribute = [not s.invalid for s in sentences]
-    if options.verify == "model":
-        if verifier is None:
-            note = ("No verifier is promoted for this domain (train one with manage.py "
-                    "train_verifier): checked lexically instead.")
-        else:
-            try:
-                return verify(pairs, base["passage_texts"], "model", options.threshold,
-                              attribute=attribute, verifier=verifier), ""
-            except VerifierUnavailable as exc:
-                note = f"{exc} Checked lexically instead."
-        base["verification"] = "lexical"
-        return verify(pairs, base["passage_texts"], "lexical", LEXICAL_THRESHOLD,
-                      attribute=attribute), note
-    return verify(pairs, base["passage_texts"], options.verify, options.threshold,
-                  attribute=attribute), ""
+    if options.verify != "model":
+        return verify(pairs, passages, options.verify, options.threshold,
+                      attribute=attribute), options.verify, ""
+    if verifier is None:
+        note = ("No verifier is promoted for this domain (train one with manage.py "
+                "train_verifier): checked lexically instead.")
+    else:
+        try:
+            return verify(pairs, passages, "model", options.threshold, attribute=attribute,
+                          verifier=verifier), "model", ""
+        except VerifierUnavailable as exc:
+            note = f"{exc} Checked lexically instead."
+    return verify(pairs, passages, "lexical", LEXICAL_THRESHOLD,
+                  attribute=attribute), "lexical", note
 
 
 def _off_topic(kept: list[Claim], options: AnswerOptions, base: dict) -> str:
@@ -401,7 +401,8 @@ def _finish(draft: str, options: AnswerOptions, base: dict,
     if options.verify == "none":
         claims = [Claim(s.text, s.cited, s.cited, None, None, s.invalid) for s in sentences]
     else:
-        checks, base["verification_note"] = _check(sentences, options, base, verifier)
+        checks, base["verification"], base["verification_note"] = _check(
+            sentences, options, base["passage_texts"], verifier)
         claims = [
             Claim(
                 s.text, s.cited, check.supporting, check.supported, check.score, s.invalid,

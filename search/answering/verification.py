@@ -137,9 +137,11 @@ def _flat(text: str) -> str:
 
 
 def quoted(claim: str, passage: str) -> bool:
-    """Whether the passage contains the claim word for word (case and punctuation aside)."""
+    """Whether the claim is one of the passage's sentences, word for word (case and
+    punctuation aside). A fragment does not count: "aspirin reduces mortality" inside "it is
+    unclear whether aspirin reduces mortality" is not what the passage says."""
     flat = _flat(claim)
-    return bool(flat) and f" {flat} " in f" {_flat(passage)} "
+    return bool(flat) and flat in {_flat(sentence) for sentence in _sentences(passage)}
 
 
 def passage_windows(text: str, size: int = MODEL_WINDOW) -> list[str]:
@@ -170,7 +172,7 @@ def _model_matrices(claims: Sequence[str], passages: dict[int, str], needed: set
     for (i, column), judged in zip(cells, classify(verifier, pairs) if pairs else [],
                                    strict=True):
         supports[i, column] = max(supports[i, column], judged.probabilities["supports"])
-        if judged.label == "contradicts":
+        if judged.label == "contradicts":  # the winning label, whatever the support threshold
             contradicts[i, column] = max(contradicts[i, column],
                                          judged.probabilities["contradicts"])
     return supports, contradicts
@@ -249,10 +251,17 @@ def verify(
     if method == "embedding":
         per_passage = _embedding_matrix(claims, passages)
     elif method == "model":
+        # Only the cells the decision below reads: an uncited sentence is matched to passages
+        # stating its numbers, and only when it is long enough to be given a citation.
+        attributable = [
+            flags[i] and not cited and len(claim_terms[i]) >= MIN_ATTRIBUTION_TERMS
+            for i, (_, cited) in enumerate(sentences)
+        ]
         needed = {
             (i, column[n])
             for i, (_, cited) in enumerate(sentences) if claims[i]
-            for n in (cited if cited else numbers if flags[i] else ()) if n in column
+            for n in (cited if cited else numbers if attributable[i] else ()) if n in column
+            and (cited or numbers_in(claims[i]) <= passage_numbers[n])
         }
         per_passage, against = _model_matrices(claims, passages, needed, verifier)
     else:
@@ -302,8 +311,10 @@ def verify(
                 supporting=(alone or _needed(claim_terms[i], stated, known, threshold,
                                              passage_terms, passage_numbers))
                 if supported else (),
+                # Only passages the sentence itself cites: one the check picked for an uncited
+                # sentence is not what its author claimed.
                 contradicted=() if supported else tuple(
-                    n for n in known if against[i, column[n]] >= threshold),
+                    n for n in dict.fromkeys(cited) if n in column and against[i, column[n]] > 0),
             )
         )
     return checks

@@ -423,9 +423,9 @@ def _cited_documents(result: Answer) -> set[int]:
 
 def judges_for(verifier: Path | None) -> dict[str, Judge]:
     """Which judge scores each verification's row: never that row's own check."""
-    if verifier is None:
+    if verifier is None:  # the "model" rows fall back to the lexical check: judged like it
         both = BothChecksJudge()
-        return {"none": both, "embedding": both, "lexical": both, "model": LexicalJudge()}
+        return {"none": both, "embedding": both, "lexical": both, "model": both}
     model = VerifierJudge(verifier)
     return {"none": model, "embedding": model, "lexical": model, "model": LexicalJudge()}
 
@@ -443,7 +443,7 @@ def evaluate(
     """Answer every item with every backend; one row per backend and verification setting.
 
     ``verifier`` serves the "model" rows and judges the others; without one the "model" rows
-    fall back to the lexical check (and say so) and the others are judged by both checks.
+    fall back to the lexical check (and say so) and every row is judged by both checks.
     """
     gold_documents = dict(
         (source[len(SOURCE_PREFIX):], pk) for pk, source in
@@ -473,8 +473,10 @@ def evaluate(
             results = drafts if verification == "none" else [reverify(r, options) for r in drafts]
             report.rows.append(summarise(name, verification, items, results, gold_documents,
                                          judges[verification]))
+        served = AnswerOptions.from_settings(verifier=str(verifier) if verifier else None)
         off_topic = [
-            answer(question, domain=domain, access=EVALUATION, generator=generator)
+            answer(question, domain=domain, access=EVALUATION, generator=generator,
+                   options=served)
             for question in OFF_TOPIC
         ]
         report.off_topic_abstained[name] = sum(r.abstained for r in off_topic)

@@ -10,7 +10,7 @@ from tqdm import tqdm
 
 from search.answering.generation.backends import BACKENDS, get_generator
 from search.answering.generation.base import GeneratorError
-from search.answering.support_model import VerifierUnavailable
+from search.answering.support_model import VerifierUnavailable, load_verifier
 from search.answering.verifier_runs import verifier_directory
 from search.evaluation.answers import (
     OFF_TOPIC,
@@ -71,6 +71,8 @@ class Command(BaseCommand):
         try:
             backends = {name: get_generator(name) for name in names}
             verifier, described = verifier_directory(options["verifier"])
+            if verifier is not None:
+                load_verifier(verifier)  # now, not after every draft is generated
         except (GeneratorError, VerifierUnavailable) as exc:
             raise CommandError(str(exc)) from exc
         if verifier is None:
@@ -109,7 +111,7 @@ class Command(BaseCommand):
                               verifier=options["verifier"],
                               on_answer=lambda name: (bar.set_postfix(backend=name),
                                                       bar.update()))
-        except (GeneratorError, SearchError) as exc:
+        except (GeneratorError, SearchError, VerifierUnavailable) as exc:
             raise CommandError(str(exc)) from exc
         finally:
             bar.close()
