@@ -7,8 +7,11 @@ restricted documents (not their text, their chunks, nor a chunk search hit).
 
 from __future__ import annotations
 
+from django import forms
+from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.postgres.aggregates import StringAgg
+from django.core.exceptions import ValidationError
 from django.db.models import Count, OuterRef, QuerySet, Subquery
 from django.db.models.functions import Coalesce
 from django.http import HttpRequest
@@ -16,7 +19,16 @@ from django.template.defaultfilters import pluralize
 from django.utils.html import format_html
 
 from kms import access
-from kms.store.models import Chunk, Document, DocumentVersion, Domain, EmbeddingSpace, ModelRun
+from kms.store.models import (
+    ApiToken,
+    Chunk,
+    Document,
+    DocumentVersion,
+    Domain,
+    EmbeddingSpace,
+    ModelRun,
+)
+from search.api.tokens import issue_token, revoke_token
 from search.ingestion.documents import reembed, reprocess
 from tuning import registry
 
@@ -277,3 +289,53 @@ class ModelRunAdmin(admin.ModelAdmin):
             served = f"run {previous.pk}" if previous else "the base model"
             self.message_user(request, f"{run.domain} {run.kind}: {served} is served again.",
                               messages.SUCCESS)
+
+
+class ApiTokenForm(forms.ModelForm):
+    days = forms.IntegerField(min_value=1, initial=90, help_text="How long it lasts.")
+
+    class Meta:
+        model = ApiToken
+        fields = ["user", "name"]
+
+    def clean_days(self) -> int:
+        days = self.cleaned_data["days"]
+        if days > settings.KMS_API_TOKEN_MAX_DAYS:
+            raise ValidationError(f"At most {settings.KMS_API_TOKEN_MAX_DAYS} days "
+                                  "(KMS_API_TOKEN_MAX_DAYS).")
+        return days
+
+
+@admin.register(ApiToken)
+class ApiTokenAdmin(admin.ModelAdmin):
+    """Tokens are issued here (the secret is shown once, in the message after saving) and
+    revoked, never edited: a token's owner and expiry are fixed when it is made."""
+
+    form = ApiTokenForm
+    list_display = ["name", "user", "prefix", "created_at", "expires_at", "revoked_at",
+                    "last_used_at"]
+    list_filter = ["revoked_at", "expires_at"]
+    search_fields = ["name", "prefix", "user__username"]
+    actions = ["revoke"]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[ApiToken]:
+        tokens = super().get_queryset(request).select_related("user")
+        return tokens if request.user.is_superuser else tokens.filter(user=request.user)
+
+    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
+        return obj is None and super().has_change_permission(request, obj)
+
+    def save_model(self, request: HttpRequest, obj: ApiToken, form, change: bool) -> None:
+        token, secret = issue_token(form.cleaned_data["user"], form.cleaned_data["name"],
+                                    form.cleaned_data["days"])  # the form checked the days
+        obj.pk, obj.prefix = token.pk, token.prefix
+        self.message_user(request, f"Token {token.prefix} for {token.user}: {secret} — copy it "
+                          "now, it is not shown again.", messages.WARNING)
+
+    @admin.action(description="Revoke the selected tokens")
+    def revoke(self, request: HttpRequest, queryset: QuerySet[ApiToken]) -> None:
+        count = 0
+        for token in queryset:
+            revoke_token(token)
+            count += 1
+        self.message_user(request, f"Revoked {count} token{pluralize(count)}.")

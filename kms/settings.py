@@ -85,6 +85,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "django_celery_beat",
+    "ninja",
     "kms",
     "kms.store",
     "search",
@@ -224,6 +225,9 @@ LOGGING = {
 }
 
 # Celery: Redis broker, late acks so a killed worker's document is re-run, not lost.
+# Shared by every web process: the API's per-token request counts live here.
+CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache",
+                      "LOCATION": REDIS_URL, "KEY_PREFIX": "kms"}}
 CELERY_BROKER_URL = REDIS_URL
 CELERY_RESULT_BACKEND = REDIS_URL
 CELERY_TASK_DEFAULT_QUEUE = os.environ.get("KMS_CELERY_QUEUE", "kms")
@@ -371,6 +375,10 @@ KMS_ANSWER_MIN_SIMILARITY = env_float("KMS_ANSWER_MIN_SIMILARITY", 0.45)
 # An answer must cite a passage within this much of the question's closest passage in
 # similarity, else it abstains as not addressing the question (1 turns the check off).
 KMS_ANSWER_RELEVANCE_MARGIN = env_float("KMS_ANSWER_RELEVANCE_MARGIN", 0.1)
+# API tokens: how long a new one lasts by default, and at most
+KMS_API_TOKEN_DAYS = env_int("KMS_API_TOKEN_DAYS", 90)
+KMS_API_TOKEN_MAX_DAYS = env_int("KMS_API_TOKEN_MAX_DAYS", 365)
+KMS_API_RATE = os.environ.get("KMS_API_RATE") or "600/min"  # per token; 429 beyond it
 # lexical: chosen over embedding by evaluate_answers (README, "Answers"); none switches it off
 KMS_VERIFY_METHOD = os.environ.get("KMS_VERIFY_METHOD") or "lexical"
 KMS_VERIFY_THRESHOLD = env_float("KMS_VERIFY_THRESHOLD", 0.0)  # 0: the method's default

@@ -174,3 +174,27 @@ def test_model_runs_are_listed_promoted_and_rolled_back(staff: Client, domain: D
     assert "are missing from" in response.content.decode()
     assert states() == ["retired", "retired"]
     assert LogEntry.objects.filter(object_id=str(runs[0].pk)).count() == 2  # promoted, rolled back
+
+
+def test_api_tokens_are_issued_once_and_revoked(staff: Client, django_user_model) -> None:
+    from kms.store.models import ApiToken
+    from search.api.tokens import token_for_secret
+
+    owner = django_user_model.objects.create_user("service-account")
+    response = staff.post("/admin/store/apitoken/add/",
+                          {"user": owner.pk, "name": "reporting job", "days": 30}, follow=True)
+    assert response.status_code == 200
+    shown = [str(m) for m in response.context["messages"]]
+    secret = next(word for m in shown for word in m.split() if word.startswith("kms_"))
+    token = ApiToken.objects.get()
+    assert token_for_secret(secret) == token and secret not in token.digest
+    assert token.user == owner and 29 <= (token.expires_at - token.created_at).days <= 30
+    listed = staff.get("/admin/store/apitoken/").content.decode()
+    assert token.prefix in listed and secret not in listed  # never shown again
+
+    staff.post("/admin/store/apitoken/", {"action": "revoke", "_selected_action": [token.pk]})
+    token.refresh_from_db()
+    assert token.revoked_at is not None and not token.active
+    refused = staff.post("/admin/store/apitoken/add/",
+                         {"user": owner.pk, "name": "forever", "days": 5000})
+    assert refused.status_code == 200 and ApiToken.objects.count() == 1

@@ -1,0 +1,28 @@
+"""Who is calling: a bearer API token, or the portal's session (with Django's CSRF check)."""
+
+from __future__ import annotations
+
+from django.http import HttpRequest
+from ninja.errors import AuthenticationError
+from ninja.security import HttpBearer, SessionAuth
+
+from kms.access import Access
+from search.api.tokens import TokenError, token_for_secret
+
+
+class TokenAuth(HttpBearer):
+    def authenticate(self, request: HttpRequest, token: str):
+        try:
+            found = token_for_secret(token)
+        except TokenError as exc:
+            raise AuthenticationError(message=str(exc)) from exc
+        request.api_token = found
+        return found.user
+
+
+def access_of(request: HttpRequest) -> Access:
+    """The caller's access: always through the access module, never a default."""
+    return Access.for_user(request.auth)
+
+
+AUTH = [TokenAuth(), SessionAuth()]
