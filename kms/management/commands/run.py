@@ -95,8 +95,10 @@ class Command(BaseCommand):
         try:
             call_command("train_verifier", "--domain", slug, "--queue", stdout=self.stdout)
         except CommandError as exc:
-            self.stdout.write(f"No support verifier is trained ({exc}); KMS_VERIFY_METHOD=model "
-                              "checks answers lexically until one is.")
+            self.stdout.write(f"No support verifier is trained ({exc}). Set "
+                              "KMS_VERIFIER_DATASET to a SciFact folder to train one at the "
+                              "next start; until then KMS_VERIFY_METHOD=model checks "
+                              "answers lexically.")
             return
         except Exception as exc:  # noqa: BLE001 - the broker: the system runs without it
             self.stdout.write(f"Could not queue the support verifier ({exc}); run manage.py "
