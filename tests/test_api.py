@@ -11,6 +11,7 @@ from django.contrib.auth.models import Group, User
 from django.test import Client
 from django.utils import timezone
 
+from kms.access import Access
 from kms.store.models import ApiToken, Domain
 from search.api.tokens import TokenError, issue_token, revoke_token
 from search.ingestion.documents import add_document
@@ -262,3 +263,49 @@ def test_unknown_paths_and_ids_answer_in_the_error_format(corpus) -> None:
     assert_error(client.get("/api/v1/documents/999999"), 404, "not_found")
     assert_error(client.get("/api/v1/search", {"q": "hand\x00", "domain": "healthcare"}), 422,
                  "invalid_request")
+
+
+def test_200_random_requests_never_show_another_groups_documents(corpus) -> None:
+    """Random users, endpoints and targets; every document in every response must be one
+    the access module lets that user see."""
+    import random
+
+    from kms.access import visible_documents
+    from kms.store.models import Document
+
+    rng = random.Random(7)
+    clients = {name: client_for(user) for name, user in corpus.items()}
+    visible = {name: set(visible_documents(Access.for_user(user)).values_list("pk", flat=True))
+               for name, user in corpus.items()}
+    every = list(Document.objects.values_list("pk", flat=True))
+    words = ["hand hygiene", "escalation bleep", "metformin dose", "expenses form", "ward b"]
+    counts = {"search": 0, "ask": 0, "list": 0, "detail": 0, "download": 0}
+    for _ in range(200):
+        name = rng.choice(list(clients))
+        client, allowed = clients[name], visible[name]
+        kind = rng.choice(list(counts))
+        counts[kind] += 1
+        domain = rng.choice(["healthcare", "finance"])
+        if kind == "search":
+            response = client.get("/api/v1/search", {"q": rng.choice(words), "domain": domain})
+            shown = {r["document_id"] for r in response.json().get("results", [])}
+        elif kind == "ask":
+            response = client.post("/api/v1/ask", {"question": rng.choice(words) + "?",
+                                                   "domain": domain},
+                                   content_type="application/json")
+            shown = {s["document_id"] for s in response.json().get("sources", [])}
+        elif kind == "list":
+            response = client.get("/api/v1/documents")
+            shown = {d["id"] for d in response.json()["documents"]}
+            assert shown == allowed
+        else:
+            target = rng.choice(every)
+            suffix = "/download" if kind == "download" else ""
+            response = client.get(f"/api/v1/documents/{target}{suffix}")
+            shown = {target} if response.status_code == 200 else set()
+            assert response.status_code == (200 if target in allowed else 404)
+        assert response.status_code < 500
+        assert shown <= allowed, (name, kind, shown - allowed)
+    print(f"\nrandom access requests: {sum(counts.values())} ({counts}), none showed a "
+          "document outside the caller's access")
+    assert all(counts.values())
