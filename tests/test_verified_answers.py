@@ -190,3 +190,16 @@ def test_an_answer_citing_only_a_side_topic_abstains_as_not_addressing_the_quest
                        options=AnswerOptions.from_settings(verify="lexical",
                                                            relevance_margin=1.0))
     assert not unchecked.abstained and f"[{side}]" in unchecked.text
+
+
+@pytest.mark.slow
+def test_the_verifier_judge_scores_like_serving(trained: Path) -> None:
+    from search.evaluation.answers import VerifierJudge
+
+    judge = VerifierJudge(trained)
+    abstract = " ".join(TOPICS[0][1])
+    assert judge(f"{SUPPORTED} [1].", [abstract])  # learnt from the fixture
+    assert not judge(f"{CONTRADICTED} [1].", [abstract])
+    assert judge("The usual starting dose is 500 mg daily.", ["x", abstract])  # its sentence
+    assert not judge("The usual starting dose is 850 mg daily.", [abstract])  # wrong number
+    assert not judge(SUPPORTED, []) and not judge("[1]", [abstract])

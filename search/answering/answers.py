@@ -243,7 +243,6 @@ def stream_answer(
         "relevance": {p.number: round(p.chunk.dense.score if p.chunk.dense else 0.0, 4)
                       for p in passages},
     }
-    verifier = _verifier(domain, options)
 
     best = max((p.chunk.dense.score for p in passages if p.chunk.dense), default=0.0)
     base["similarity"] = round(best, 4)
@@ -263,7 +262,7 @@ def stream_answer(
     timings["generation"] = _ms(generating)
 
     checking = time.perf_counter()
-    result = _finish(draft, options, base, verifier)
+    result = _finish(draft, options, base, _verifier(domain, options))
     timings["verification"] = _ms(checking)
     timings["total"] = _ms(started)
     yield result
@@ -329,14 +328,13 @@ def _check(sentences: list[AnswerSentence], options: AnswerOptions, passages: di
                   attribute=attribute), "lexical", note
 
 
-def _off_topic(kept: list[Claim], options: AnswerOptions, base: dict) -> str:
+def _off_topic(kept: list[Claim], options: AnswerOptions, relevance: dict[int, float]) -> str:
     """Why the cited passages do not answer the question, or "" when one of them does.
 
     A sentence can be true to its passage and still be about something else: the passage
     closest to the question is the best evidence of what the question is about, so an answer
     citing only passages far less similar to the question than that one does not address it.
     """
-    relevance = base.get("relevance") or {}
     cited = {n for c in kept for n in c.citations}
     if not relevance or not cited or options.relevance_margin >= 1:
         return ""
@@ -418,7 +416,7 @@ def _finish(draft: str, options: AnswerOptions, base: dict,
             reason="No sentence of the generated answer is supported by a passage it cites.",
             **base,
         )
-    off_topic = _off_topic(kept, options, base) if options.verify != "none" else ""
+    off_topic = _off_topic(kept, options, base["relevance"]) if options.verify != "none" else ""
     if off_topic:
         return Answer(text=NO_ANSWER, abstained=True, sources=[], draft=draft, claims=claims,
                       reason=off_topic, off_topic=True, **base)

@@ -28,9 +28,9 @@ same topics, each citing the passage it is about:
   and gives the probability that the window supports it; it also says when a passage
   **contradicts** the sentence, which neither score can. ``MODEL_THRESHOLD`` applies to that
   probability. Only a single passage can support a sentence (the model reads one at a time),
-  and a sentence the passage contains word for word (:func:`quoted`) is supported by it
-  without asking: on PubMedQA the verifier called 29 sentences the extractive backend had
-  copied from their passage "contradicted".
+  and a sentence that is one of the passage's own sentences is supported by it without
+  asking (:func:`model_scores`): on PubMedQA the verifier called 29 sentences the
+  extractive backend had copied from their passage "contradicted".
 
 All methods also require every number in the sentence (a dose, a date, a percentage) to appear
 in the passages it cites: neither score notices "1000 mg" where the passage says "500 mg"
@@ -136,45 +136,59 @@ def _flat(text: str) -> str:
     return " ".join(re.findall(r"\w+", text.lower()))
 
 
-def quoted(claim: str, passage: str) -> bool:
-    """Whether the claim is one of the passage's sentences, word for word (case and
-    punctuation aside). A fragment does not count: "aspirin reduces mortality" inside "it is
-    unclear whether aspirin reduces mortality" is not what the passage says."""
+def _quotes(flat_sentences: set[str], claim: str) -> bool:
+    """Whether the claim is one of the passage's sentences (flattened), word for word, case
+    and punctuation aside. A fragment does not count: "aspirin reduces mortality" inside "it
+    is unclear whether aspirin reduces mortality" is not what the passage says."""
     flat = _flat(claim)
-    return bool(flat) and flat in {_flat(sentence) for sentence in _sentences(passage)}
+    return bool(flat) and flat in flat_sentences
 
 
-def passage_windows(text: str, size: int = MODEL_WINDOW) -> list[str]:
-    """Every run of ``size`` consecutive sentences of a passage (all of it when shorter)."""
-    pieces = _sentences(text)
+def _windows(pieces: list[str], size: int) -> list[str]:
+    """Every run of ``size`` consecutive sentences (all of them when fewer)."""
     return [" ".join(pieces[start:start + size])
             for start in range(max(len(pieces) - size + 1, 1))] if pieces else []
 
 
+def model_scores(pairs: Sequence[tuple[str, str]], verifier: Path) -> list[tuple[float, float]]:
+    """(support, contradiction) of each (claim, passage): the verifier's best probabilities
+    over the passage's windows, in one batch of every (claim, window). Contradiction counts
+    only where it is the winning label, whatever the support threshold; a claim the passage
+    quotes is supported (1.0) without asking. Raises VerifierUnavailable even when nothing
+    needs asking."""
+    load_verifier(verifier)
+    scores = [[0.0, 0.0] for _ in pairs]
+    cells, asked = [], []
+    split: dict[str, tuple[set[str], list[str]]] = {}  # passage -> its sentences, its windows
+    for k, (claim, passage) in enumerate(pairs):
+        if passage not in split:  # each passage split into sentences once
+            pieces = _sentences(passage)
+            split[passage] = ({_flat(piece) for piece in pieces}, _windows(pieces, MODEL_WINDOW))
+        sentences, windows = split[passage]
+        if _quotes(sentences, claim):
+            scores[k][0] = 1.0
+            continue
+        for window in windows:
+            cells.append(k)
+            asked.append((claim, window))
+    for k, judged in zip(cells, classify(verifier, asked) if asked else [], strict=True):
+        scores[k][0] = max(scores[k][0], judged.probabilities["supports"])
+        if judged.label == "contradicts":
+            scores[k][1] = max(scores[k][1], judged.probabilities["contradicts"])
+    return [(support, against) for support, against in scores]
+
+
 def _model_matrices(claims: Sequence[str], passages: dict[int, str], needed: set[tuple[int, int]],
                     verifier: Path) -> tuple[np.ndarray, np.ndarray]:
-    """``[i, j]``: the verifier's best support and contradiction probabilities of claim i
-    against a window of the j-th passage (sorted order), for the ``needed`` cells only:
-    one batch of every (claim, window) pair."""
-    load_verifier(verifier)  # unusable: VerifierUnavailable, even if nothing needs asking
+    """``[i, j]``: :func:`model_scores` of claim i against the j-th passage (sorted order),
+    for the ``needed`` cells only."""
     numbers = sorted(passages)
-    windows = {number: passage_windows(passages[number]) for number in numbers}
     supports = np.zeros((len(claims), len(numbers)), dtype=np.float32)
     contradicts = np.zeros_like(supports)
-    cells, pairs = [], []
-    for i, column in sorted(needed):
-        if quoted(claims[i], passages[numbers[column]]):
-            supports[i, column] = 1.0
-            continue
-        for window in windows[numbers[column]]:
-            cells.append((i, column))
-            pairs.append((claims[i], window))
-    for (i, column), judged in zip(cells, classify(verifier, pairs) if pairs else [],
-                                   strict=True):
-        supports[i, column] = max(supports[i, column], judged.probabilities["supports"])
-        if judged.label == "contradicts":  # the winning label, whatever the support threshold
-            contradicts[i, column] = max(contradicts[i, column],
-                                         judged.probabilities["contradicts"])
+    cells = sorted(needed)
+    scored = model_scores([(claims[i], passages[numbers[j]]) for i, j in cells], verifier)
+    for (i, j), (support, against) in zip(cells, scored, strict=True):
+        supports[i, j], contradicts[i, j] = support, against
     return supports, contradicts
 
 
@@ -247,6 +261,7 @@ def verify(
     claim_terms = [set(analyze(claim)) for claim in claims]
     passage_terms = {number: set(analyze(passages[number])) for number in numbers}
     passage_numbers = {number: numbers_in(passages[number]) for number in numbers}
+    claim_numbers = [numbers_in(claim) for claim in claims]
     against = np.zeros((len(claims), len(numbers)), dtype=np.float32)
     if method == "embedding":
         per_passage = _embedding_matrix(claims, passages)
@@ -261,7 +276,7 @@ def verify(
             (i, column[n])
             for i, (_, cited) in enumerate(sentences) if claims[i]
             for n in (cited if cited else numbers if attributable[i] else ()) if n in column
-            and (cited or numbers_in(claims[i]) <= passage_numbers[n])
+            and (cited or claim_numbers[i] <= passage_numbers[n])
         }
         per_passage, against = _model_matrices(claims, passages, needed, verifier)
     else:
@@ -273,7 +288,7 @@ def verify(
     checks = []
     for i, (sentence, cited) in enumerate(sentences):
         known = [number for number in dict.fromkeys(cited) if number in column]
-        stated = numbers_in(claims[i])
+        stated = claim_numbers[i]
         # An uncited sentence is matched only to passages stating all of its numbers.
         pool = known if cited else [n for n in numbers if stated <= passage_numbers[n]]
         best = max(pool, key=lambda n: (per_passage[i, column[n]], -n), default=None)

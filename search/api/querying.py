@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 import json
 from collections.abc import Iterator
-from dataclasses import asdict
 from typing import Literal
 
 from django.http import HttpRequest, StreamingHttpResponse
@@ -18,7 +17,7 @@ from search.answering.generation.base import GeneratorError
 from search.api import errors
 from search.api.auth import access_of
 from search.api.schemas import AnswerOut, AskIn, DomainOut, SearchOut, Text
-from search.retrieval.search import DocumentHit, RankInfo, SearchError, search
+from search.retrieval.search import DocumentHit, SearchError, search
 
 router = Router()
 ERRORS = errors.COMMON
@@ -41,9 +40,8 @@ def domains(request: HttpRequest):
             for d in visible_domains(access_of(request)).order_by("slug")]
 
 
-def _explain(hit) -> dict | None:
-    return {name: asdict(getattr(hit, name)) if isinstance(getattr(hit, name, None), RankInfo)
-            else None for name in ("bm25", "dense", "rerank")}
+def _explain(hit) -> dict:
+    return {name: getattr(hit, name, None) for name in ("bm25", "dense", "rerank")}
 
 
 def _result(hit: DocumentHit, explain: bool) -> dict:
@@ -80,7 +78,7 @@ def search_documents(request: HttpRequest, params: Query[SearchParams]):
 def _answer_body(result: Answer) -> dict:
     return {
         "question": result.question, "text": result.text, "abstained": result.abstained,
-        "reason": result.reason, "sources": [asdict(s) for s in result.sources],
+        "reason": result.reason, "sources": result.sources,
         "sentences": [{"text": c.text, "citations": list(c.citations),
                        "supported": c.supported, "contradicted": list(c.contradicted),
                        "shown": c.kept and not result.abstained} for c in result.claims],

@@ -7,6 +7,9 @@ from typing import Annotated, Literal
 from ninja import Field, Schema
 from pydantic import AfterValidator
 
+from search.answering.citations import Citation
+from search.retrieval.search import RankInfo
+
 
 def _printable(value: str) -> str:
     if "\x00" in value:
@@ -24,17 +27,12 @@ class DomainOut(Schema):
     description: str
 
 
-class RankOut(Schema):
-    rank: int | None
-    score: float
-
-
 class Explanation(Schema):
     """Why a result ranked where it did: each retriever's rank and score."""
 
-    bm25: RankOut | None = None
-    dense: RankOut | None = None
-    rerank: RankOut | None = None
+    bm25: RankInfo | None = None
+    dense: RankInfo | None = None
+    rerank: RankInfo | None = None
 
 
 class PassageOut(Schema):
@@ -78,19 +76,6 @@ class AskIn(Schema):
     stream: bool = False  # server-sent events: draft pieces, then the verified answer
 
 
-class CitationOut(Schema):
-    number: int
-    chunk_id: int
-    document_id: int
-    version_id: int
-    title: str
-    page: int | None
-    page_end: int | None
-    heading: str
-    start_offset: int
-    end_offset: int
-
-
 class SentenceOut(Schema):
     text: str
     citations: list[int]
@@ -104,7 +89,7 @@ class AnswerOut(Schema):
     text: str
     abstained: bool
     reason: str
-    sources: list[CitationOut]
+    sources: list[Citation]  # the pipeline's own dataclass: one definition of a citation
     sentences: list[SentenceOut]
     verification: str
     verification_note: str

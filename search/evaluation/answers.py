@@ -39,16 +39,14 @@ from kms.store.models import Domain
 from search.answering.answers import Answer, AnswerOptions, answer, reverify
 from search.answering.citations import MARKER_LIKE
 from search.answering.generation.base import Generator
-from search.answering.support_model import classify
 from search.answering.verification import (
     EMBEDDING_THRESHOLD,
     LEXICAL_THRESHOLD,
     MODEL_THRESHOLD,
     embedding_support,
     lexical_support,
+    model_scores,
     numbers_in,
-    passage_windows,
-    quoted,
     strip_citations,
 )
 from search.evaluation import stats
@@ -212,7 +210,7 @@ class LexicalJudge:
             and lexical_support(claim, list(passages)) >= LEXICAL_THRESHOLD
 
 
-class BothChecksJudge:
+class BothChecksJudge(LexicalJudge):
     """Both checks with matching numbers: what judged every row before a verifier existed,
     and still the fallback when there is none (then not independent of those rows)."""
 
@@ -220,10 +218,8 @@ class BothChecksJudge:
             "numbers match (no verifier: not independent of those rows' checks)")
 
     def __call__(self, sentence: str, passages: Sequence[str]) -> bool:
-        claim = strip_citations(sentence)
-        return bool(claim and passages) and _numbers_match(claim, passages) \
-            and lexical_support(claim, list(passages)) >= LEXICAL_THRESHOLD \
-            and embedding_support(claim, list(passages)) >= EMBEDDING_THRESHOLD
+        return super().__call__(sentence, passages) and embedding_support(
+            strip_citations(sentence), list(passages)) >= EMBEDDING_THRESHOLD
 
 
 class VerifierJudge:
@@ -237,13 +233,8 @@ class VerifierJudge:
         self._cache: dict[tuple[str, str], float] = {}
 
     def support(self, claim: str, passage: str) -> float:
-        if quoted(claim, passage):
-            return 1.0
         if (claim, passage) not in self._cache:
-            windows = passage_windows(passage)
-            judged = classify(self.path, [(claim, w) for w in windows]) if windows else []
-            self._cache[claim, passage] = max(
-                (j.probabilities["supports"] for j in judged), default=0.0)
+            self._cache[claim, passage] = model_scores([(claim, passage)], self.path)[0][0]
         return self._cache[claim, passage]
 
     def __call__(self, sentence: str, passages: Sequence[str]) -> bool:
@@ -450,6 +441,7 @@ def evaluate(
         domain.documents.filter(source__startswith=SOURCE_PREFIX).values_list("pk", "source")
     )
     judges = judges_for(verifier)
+    verifier_option = str(verifier) if verifier else None
     report = Report(
         dataset="PubMedQA PQA-L", questions=len(items),
         judge="; ".join(f"{method} rows: {judges[method].name}" for method in verifications),
@@ -468,12 +460,11 @@ def evaluate(
         if not similarities:
             similarities = [r.similarity for r in drafts]
         for verification in verifications:
-            options = AnswerOptions.from_settings(
-                verify=verification, verifier=str(verifier) if verifier else None)
+            options = AnswerOptions.from_settings(verify=verification, verifier=verifier_option)
             results = drafts if verification == "none" else [reverify(r, options) for r in drafts]
             report.rows.append(summarise(name, verification, items, results, gold_documents,
                                          judges[verification]))
-        served = AnswerOptions.from_settings(verifier=str(verifier) if verifier else None)
+        served = AnswerOptions.from_settings(verifier=verifier_option)
         off_topic = [
             answer(question, domain=domain, access=EVALUATION, generator=generator,
                    options=served)
@@ -486,8 +477,7 @@ def evaluate(
         for item, result in list(zip(items, drafts, strict=True))[:examples]:
             report.examples.append({
                 "backend": name, "question": item.question, "draft": result.draft,
-                "verified": reverify(result, AnswerOptions.from_settings(
-                    verifier=str(verifier) if verifier else None)).text,
+                "verified": reverify(result, served).text,
                 "gold": item.long_answer,
             })
     if similarities:
