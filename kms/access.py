@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from django.db.models import Exists, OuterRef, Q, QuerySet
 
-from kms.store.models import Chunk, Document, DocumentVersion, Domain
+from kms.store.models import SEARCHABLE_CHUNKS, Chunk, Document, DocumentVersion, Domain
 
 
 @dataclass(frozen=True)
@@ -101,12 +101,13 @@ def visible_chunks(access: Access) -> QuerySet[Chunk]:
 
 
 def chunk_filter(access: Access, domain: Domain) -> Q:
-    """Served chunks of ``domain`` the caller may see, as a filter on the chunk table alone.
+    """Searchable chunks (served, published, not excluded) of ``domain`` the caller may see,
+    as a filter on the chunk table alone.
 
     Only chunk columns and a correlated subquery: a join here would lead the planner away
     from the HNSW index. A domain the caller is not a member of matches nothing.
     """
-    served = Q(domain_id=domain.pk, is_current=True)
+    served = SEARCHABLE_CHUNKS & Q(domain_id=domain.pk)
     if access.unrestricted:
         return served
     if not access.sees_domain(domain.pk):

@@ -86,9 +86,11 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "django_celery_beat",
     "ninja",
+    "auditlog",
     "kms",
     "kms.store",
     "search",
+    "search.portal",
     "tuning",
 ]
 
@@ -101,6 +103,7 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "auditlog.middleware.AuditlogMiddleware",  # who changed a model: the signed-in user
 ]
 
 ROOT_URLCONF = "kms.urls"
@@ -264,7 +267,11 @@ KMS_PERIODIC_TASKS = {
         "tuning.tasks.tune_due_domains", env_int("KMS_TUNING_CHECK_EVERY_SECONDS", 3600)),
     "refresh-stale-bm25-indexes": (
         "search.retrieval.tasks.refresh_stale_bm25", env_int("KMS_BM25_CHECK_EVERY_SECONDS", 120)),
+    "purge-audit-log": ("search.curation.tasks.purge_audit_log", 86_400),
 }
+LOGIN_URL = "portal:login"
+LOGIN_REDIRECT_URL = "portal:search"
+LOGOUT_REDIRECT_URL = "portal:login"
 
 # Ingestion
 KMS_MAX_UPLOAD_BYTES = env_int("KMS_MAX_UPLOAD_BYTES", 200 * 1024 * 1024)
@@ -379,6 +386,11 @@ KMS_ANSWER_RELEVANCE_MARGIN = env_float("KMS_ANSWER_RELEVANCE_MARGIN", 0.1)
 KMS_API_TOKEN_DAYS = env_int("KMS_API_TOKEN_DAYS", 90)
 KMS_API_TOKEN_MAX_DAYS = env_int("KMS_API_TOKEN_MAX_DAYS", 365)
 KMS_API_RATE = os.environ.get("KMS_API_RATE") or "600/min"  # per token; 429 beyond it
+# Audit log: searches, questions, views and downloads (and model changes) older than this
+# are purged by the periodic task; 0 keeps them forever.
+KMS_AUDIT_RETENTION_DAYS = env_int("KMS_AUDIT_RETENTION_DAYS", 365)
+# A conversation's follow-up is rewritten from at most this many earlier turns.
+KMS_CONVERSATION_CONTEXT_TURNS = env_int("KMS_CONVERSATION_CONTEXT_TURNS", 3)
 # lexical: chosen over embedding by evaluate_answers (README, "Answers"); none switches it off
 KMS_VERIFY_METHOD = os.environ.get("KMS_VERIFY_METHOD") or "lexical"
 KMS_VERIFY_THRESHOLD = env_float("KMS_VERIFY_THRESHOLD", 0.0)  # 0: the method's default

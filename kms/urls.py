@@ -1,9 +1,9 @@
-"""URL routes: the admin, the search API (``/api/v1/``); the portal will be mounted here."""
+"""URL routes: the staff portal (``/portal/``, and ``/``), the admin, the search API."""
 
 from django.contrib import admin
 from django.http import HttpRequest, JsonResponse
 from django.shortcuts import redirect
-from django.urls import path, re_path
+from django.urls import include, path, re_path
 
 from search.api.v1 import api
 
@@ -24,7 +24,8 @@ def health(request: HttpRequest) -> JsonResponse:
 
 
 urlpatterns = [
-    path("", lambda request: redirect("admin:index")),
+    path("", lambda request: redirect("portal:search")),
+    path("portal/", include("search.portal.urls")),
     path("healthz", health, name="health"),
     path("admin/", admin.site.urls),
     path("api/v1/", api.urls),

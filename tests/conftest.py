@@ -75,6 +75,14 @@ def domain(db) -> Domain:
     return domain
 
 
+@pytest.fixture
+def corpus(domain: Domain, settings, tmp_path: Path) -> dict:
+    """Users of every kind over a small processed corpus (``tests.corpus``)."""
+    from tests.corpus import make_corpus
+
+    return make_corpus(domain, settings, tmp_path)
+
+
 def worker_database_url() -> str:
     """A URL for the test database that another process (a worker) can use."""
     return connected_database_url()

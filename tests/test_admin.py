@@ -178,7 +178,7 @@ def test_model_runs_are_listed_promoted_and_rolled_back(staff: Client, domain: D
 
 def test_api_tokens_are_issued_once_and_revoked(staff: Client, django_user_model) -> None:
     from kms.store.models import ApiToken
-    from search.api.tokens import token_for_secret
+    from kms.tokens import token_for_secret
 
     owner = django_user_model.objects.create_user("service-account")
     response = staff.post("/admin/store/apitoken/add/",

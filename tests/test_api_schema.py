@@ -18,8 +18,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from search.api.tokens import issue_token
-from tests.test_api import corpus  # noqa: F401 - the fixture
+from kms.tokens import issue_token
 
 schema = schemathesis.openapi.from_wsgi("/api/v1/openapi.json", get_wsgi_application())
 SENT: list[int] = []
@@ -45,7 +44,7 @@ def not_a_server_error(ctx, response, case) -> None:
 @pytest.mark.django_db(transaction=False)
 @schema.parametrize()
 @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
-def test_no_server_errors_and_no_schema_violations(case, corpus, keep_connection) -> None:  # noqa: F811
+def test_no_server_errors_and_no_schema_violations(case, corpus, keep_connection) -> None:
     _, secret = issue_token(corpus["ward-b-nurse"], "schemathesis")
     case.call_and_validate(
         headers={"Authorization": f"Bearer {secret}"},

@@ -7,7 +7,7 @@ from ninja.errors import AuthenticationError
 from ninja.security import HttpBearer, SessionAuth
 
 from kms.access import Access
-from search.api.tokens import TokenError, token_for_secret
+from kms.tokens import TokenError, token_for_secret
 
 
 class TokenAuth(HttpBearer):
@@ -23,6 +23,11 @@ class TokenAuth(HttpBearer):
 def access_of(request: HttpRequest) -> Access:
     """The caller's access: always through the access module, never a default."""
     return Access.for_user(request.auth)
+
+
+def channel(request: HttpRequest) -> str:
+    """Where a read came from, for the audit log: a token's call or the portal's."""
+    return "api" if getattr(request, "api_token", None) is not None else "portal"
 
 
 AUTH = [TokenAuth(), SessionAuth()]

@@ -10,26 +10,23 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from django.conf import settings
-from django.db import transaction
 from django.http import FileResponse, Http404, HttpRequest
 from ninja import Field, File, Form, Query, Router, Schema, UploadedFile
 from ninja.responses import Status
 
 from kms.access import visible_documents
-from kms.store.models import Document
+from kms.store.models import Document, Publication
 from kms.store.models import Status as DocumentStatus
 from search.api import errors
-from search.api.auth import access_of
+from search.api.auth import access_of, channel
 from search.api.errors import ApiError
 from search.api.schemas import Text
-from search.ingestion.documents import add_document
-from search.ingestion.parsing import ParseError
-from search.ingestion.parsing.detect import detect_media_type
+from search.curation import audit
+from search.ingestion import curation
+from search.ingestion.uploads import Upload, UploadError, store_uploads
 from search.retrieval.search import resolve_domain
 
 router = Router(tags=["documents"])
-MAX_FILES = 20
 
 
 class VersionOut(Schema):
@@ -53,6 +50,7 @@ class DocumentOut(Schema):
     media_type: str
     status: str
     status_message: str
+    publication: str
     current_version_id: int | None
     updated_at: datetime
 
@@ -79,6 +77,7 @@ class UploadResult(Schema):
 class ListParams(Schema):
     domain: Text | None = Field(None, max_length=100)
     status: DocumentStatus | None = None
+    publication: Publication | None = None
     q: Text | None = Field(None, max_length=200, description="Words of the title.")
     page: int = Field(1, ge=1, le=10_000)
     per_page: int = Field(20, ge=1, le=100)
@@ -88,8 +87,14 @@ def _document(document: Document) -> dict:
     return {"id": document.pk, "domain": document.domain.slug, "title": document.title,
             "source": document.source, "media_type": document.media_type,
             "status": document.status, "status_message": document.status_message,
-            "current_version_id": document.current_version_id,
+            "publication": document.publication, "current_version_id": document.current_version_id,
             "updated_at": document.updated_at}
+
+
+def _permitted(request: HttpRequest, permission: str, doing: str) -> None:
+    if not request.auth.has_perm(f"store.{permission}"):
+        raise ApiError(403, "forbidden", f"You may not {doing} (the store.{permission} "
+                       "permission is needed).")
 
 
 def _visible(request: HttpRequest, document_id: int) -> Document:
@@ -108,6 +113,8 @@ def list_documents(request: HttpRequest, params: Query[ListParams]):
         documents = documents.filter(domain=resolve_domain(params.domain, access_of(request)))
     if params.status:
         documents = documents.filter(status=params.status)
+    if params.publication:
+        documents = documents.filter(publication=params.publication)
     if params.q:
         documents = documents.filter(title__icontains=params.q)
     start = (params.page - 1) * params.per_page
@@ -120,6 +127,8 @@ def list_documents(request: HttpRequest, params: Query[ListParams]):
 def document_detail(request: HttpRequest, document_id: int):
     """A document with its status and every version (newest first)."""
     document = _visible(request, document_id)
+    audit.record(request.auth, "view", channel(request), domain=document.domain.slug,
+                 shown=[(document.pk, document.current_version_id)])
     versions = document.versions.order_by("-number").values(
         "id", "number", "filename", "media_type", "size_bytes", "status", "status_message",
         "page_count", "created_at", "processed_at")
@@ -140,6 +149,8 @@ def download(request: HttpRequest, document_id: int, version: int | None = None)
     if chosen is None:
         raise Http404(f"Document {document_id} has no stored file"
                       + (f" for version {version}." if version is not None else "."))
+    audit.record(request.auth, "download", channel(request), domain=document.domain.slug,
+                 shown=[(document.pk, chosen.pk)])
     return FileResponse(chosen.file.open("rb"), as_attachment=True, filename=chosen.filename,
                         content_type=chosen.media_type or "application/octet-stream")
 
@@ -150,34 +161,43 @@ def upload(request: HttpRequest, domain: Form[Text], files: File[list[UploadedFi
     """Store one or several files as documents of ``domain`` (each file's name is its
     source: uploading it again adds a version). They are parsed, chunked and embedded in the
     background; follow them with the document list or detail."""
-    if not request.auth.has_perm("store.add_document"):
-        raise ApiError(403, "forbidden", "You may not upload documents (the "
-                       "store.add_document permission is needed).")
     target = resolve_domain(domain, access_of(request))
-    if len(files) > MAX_FILES:
-        raise ApiError(413, "too_large", f"At most {MAX_FILES} files per request, not "
-                       f"{len(files)}.")
-    checked = []
-    for upload_file in files:
-        name = (upload_file.name or "").replace("\x00", "").rsplit("/", 1)[-1].strip()
-        if not name:
-            raise ApiError(400, "bad_request", "Every file needs a name. Nothing was stored.")
-        if upload_file.size > settings.KMS_MAX_UPLOAD_BYTES:
-            raise ApiError(413, "too_large", f"{name!r} is {upload_file.size:,} bytes; the "
-                           f"limit is {settings.KMS_MAX_UPLOAD_BYTES:,} (KMS_MAX_UPLOAD_BYTES)."
-                           " Nothing was stored.")
-        content = upload_file.read()
-        try:
-            detect_media_type(content, name)
-        except ParseError as exc:
-            raise ApiError(415, "unsupported_type", f"{exc} Nothing was stored.") from exc
-        checked.append((name, content))
-    results = []
-    with transaction.atomic():
-        for name, content in checked:
-            result = add_document(target, uploader=access_of(request), source=name,
-                                  filename=name, content=content, uploaded_by=request.auth)
-            results.append({"filename": name, "outcome": result.outcome,
-                            "document_id": result.document_id,
-                            "version_id": result.version_id, "message": result.message})
+    try:
+        stored = store_uploads(target, [Upload(f.name, f.size, f) for f in files],
+                               user=request.auth, access=access_of(request))
+    except UploadError as exc:
+        raise ApiError(exc.status, exc.code, str(exc)) from exc
+    results = [{"filename": r.source, "outcome": r.outcome, "document_id": r.document_id,
+                "version_id": r.version_id, "message": r.message} for r in stored]
     return Status(201, results)
+
+
+@router.post("/{document_id}/archive", response={200: DocumentOut, 403: errors.ErrorOut,
+                                                 404: errors.ErrorOut, **errors.COMMON})
+def archive(request: HttpRequest, document_id: int):
+    """Take a document out of search and answers; it keeps its versions and download."""
+    return _set_publication(request, document_id, Publication.ARCHIVED)
+
+
+@router.post("/{document_id}/restore", response={200: DocumentOut, 403: errors.ErrorOut,
+                                                 404: errors.ErrorOut, **errors.COMMON})
+def restore(request: HttpRequest, document_id: int):
+    """Publish an archived (or draft) document again."""
+    return _set_publication(request, document_id, Publication.PUBLISHED)
+
+
+def _set_publication(request: HttpRequest, document_id: int, publication: str) -> dict:
+    _permitted(request, "change_document", "archive or restore documents")
+    document = _visible(request, document_id)
+    curation.set_publication(access_of(request), [document.pk], publication)
+    document.refresh_from_db()
+    return _document(document)
+
+
+@router.delete("/{document_id}", response={204: None, 403: errors.ErrorOut,
+                                           404: errors.ErrorOut, **errors.COMMON})
+def delete(request: HttpRequest, document_id: int):
+    """Delete a document with every version, passage and stored file."""
+    _permitted(request, "delete_document", "delete documents")
+    curation.delete_documents(access_of(request), [_visible(request, document_id).pk])
+    return Status(204, None)

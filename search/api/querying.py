@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from datetime import date
 from typing import Literal
 
 from django.http import HttpRequest, StreamingHttpResponse
@@ -13,11 +14,13 @@ from ninja import Query, Router, Schema
 
 from kms.access import visible_domains
 from search.answering.answers import Answer, AnswerOptions, Token, stream_answer
+from search.answering.conversations import answer_record
 from search.answering.generation.base import GeneratorError
 from search.api import errors
-from search.api.auth import access_of
+from search.api.auth import access_of, channel
 from search.api.schemas import AnswerOut, AskIn, DomainOut, SearchOut, Text
-from search.retrieval.search import DocumentHit, SearchError, search
+from search.curation import audit
+from search.retrieval.search import DocumentHit, SearchError, SearchFilters, search
 
 router = Router()
 ERRORS = errors.COMMON
@@ -31,6 +34,12 @@ class SearchParams(Schema):
     per_page: int = NinjaField(10, ge=1, le=50)
     explain: bool = NinjaField(False, description="Each result's BM25, dense and rerank "
                                "ranks and scores.")
+    updated_after: date | None = NinjaField(None, description="Documents changed on or "
+                                            "after this day.")
+    updated_before: date | None = NinjaField(None, description="... on or before this day.")
+
+    def filters(self) -> SearchFilters:
+        return SearchFilters.for_days(self.updated_after, self.updated_before)
 
 
 @router.get("/domains", response={200: list[DomainOut], **ERRORS}, tags=["domains"])
@@ -64,9 +73,11 @@ def search_documents(request: HttpRequest, params: Query[SearchParams]):
     appear, and a domain you are not a member of is unknown."""
     wanted = params.page * params.per_page
     response = search(params.q, domain=params.domain, access=access_of(request),
-                      mode=params.mode, k=wanted + 1)
+                      mode=params.mode, k=wanted + 1, filters=params.filters())
     start = (params.page - 1) * params.per_page
     shown = response.documents[start:wanted]
+    audit.record(request.auth, "search", channel(request), domain=params.domain,
+                 query=params.q, shown=[(h.document_id, h.version_id) for h in shown])
     return {
         "query": response.query, "mode": response.mode, "page": params.page,
         "per_page": params.per_page, "has_more": len(response.documents) > wanted,
@@ -75,34 +86,30 @@ def search_documents(request: HttpRequest, params: Query[SearchParams]):
     }
 
 
-def _answer_body(result: Answer) -> dict:
-    return {
-        "question": result.question, "text": result.text, "abstained": result.abstained,
-        "reason": result.reason, "sources": result.sources,
-        "sentences": [{"text": c.text, "citations": list(c.citations),
-                       "supported": c.supported, "contradicted": list(c.contradicted),
-                       "shown": c.kept and not result.abstained} for c in result.claims],
-        "verification": result.verification, "verification_note": result.verification_note,
-        "backend": result.backend, "timings_ms": result.timings_ms,
-    }
-
-
-def _event(name: str, data: dict) -> str:
+def sse_event(name: str, data: dict) -> str:
     return f"event: {name}\ndata: {json.dumps(data, ensure_ascii=False, default=str)}\n\n"
 
 
-def _sse(first: Token | Answer, events: Iterator[Token | Answer]) -> Iterator[str]:
-    """``draft`` events as the generator writes, then one ``answer`` event with the verified
-    answer, which replaces the draft; a failure midway is an ``error`` event."""
+def sse_events(events: Iterator, final: Callable[[object], tuple[str, dict]]) -> Iterator[str]:
+    """``draft`` events as the generator writes, then what ``final`` makes of the last
+    event (the verified answer, which replaces the draft); a failure midway is an
+    ``error`` event in the one error format."""
     try:
-        for event in itertools.chain([first], events):
+        for event in events:
             if isinstance(event, Token):
-                yield _event("draft", {"text": event.text})
+                yield sse_event("draft", {"text": event.text})
             else:
-                yield _event("answer", AnswerOut(**_answer_body(event)).model_dump(mode="json"))
+                yield sse_event(*final(event))
     except (SearchError, GeneratorError) as exc:
         code = "bad_request" if isinstance(exc, SearchError) else "generator_unavailable"
-        yield _event("error", {"error": {"code": code, "message": str(exc)}})
+        yield sse_event("error", {"error": {"code": code, "message": str(exc)}})
+
+
+def sse_response(stream: Iterator[str]) -> StreamingHttpResponse:
+    response = StreamingHttpResponse(stream, content_type="text/event-stream")
+    response["Cache-Control"] = "no-cache"
+    response["X-Accel-Buffering"] = "no"  # nginx: pass events on as they come
+    return response
 
 
 @router.post("/ask", response={200: AnswerOut, 503: errors.ErrorOut, **ERRORS}, tags=["ask"],
@@ -118,11 +125,18 @@ def ask(request: HttpRequest, body: AskIn):
                            options=AnswerOptions.from_settings(verify=body.verify))
     first = next(events)  # retrieval runs here: a bad question is a 4xx, not a broken stream
     if body.stream:
-        response = StreamingHttpResponse(_sse(first, events), content_type="text/event-stream")
-        response["Cache-Control"] = "no-cache"
-        response["X-Accel-Buffering"] = "no"  # nginx: pass events on as they come
-        return response
+        def final(result: Answer) -> tuple[str, dict]:
+            record_answer(request, body.domain, result)
+            return "answer", AnswerOut(**answer_record(result)).model_dump(mode="json")
+        return sse_response(sse_events(itertools.chain([first], events), final))
     result = first
     for event in events:
         result = event
-    return _answer_body(result)
+    record_answer(request, body.domain, result)
+    return answer_record(result)
+
+
+def record_answer(request: HttpRequest, domain: str, result: Answer) -> None:
+    audit.record(request.auth, "ask", channel(request), domain=domain,
+                 query=result.question, shown=[(s.document_id, s.version_id)
+                                               for s in result.sources])

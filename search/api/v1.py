@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from ninja import NinjaAPI
 
-from search.api import documents, errors, querying
+from search.api import conversations, documents, errors, feedback, querying
 from search.api.auth import AUTH
 from search.api.throttling import TokenRateThrottle
 
@@ -21,3 +21,5 @@ api = NinjaAPI(title="kms search API", version="1", auth=AUTH, urls_namespace="a
 errors.install(api)
 api.add_router("/", querying.router)
 api.add_router("/documents", documents.router)
+api.add_router("/conversations", conversations.router)
+api.add_router("/feedback", feedback.router)

@@ -39,6 +39,7 @@ from kms.store.models import (
     DocumentVersion,
     Domain,
     EmbeddingSpace,
+    Publication,
     Status,
 )
 from search.ingestion import signals, spaces
@@ -50,8 +51,9 @@ from search.ingestion.sandbox import SandboxUnavailable, parse_untrusted
 logger = logging.getLogger(__name__)
 
 OPEN_STATES = (Status.PENDING, Status.PROCESSING)
+# A copied set keeps the curator's exclusions (a re-chunked one starts afresh).
 _CHUNK_FIELDS = ("document_id", "version_id", "domain_id", "ordinal", "text", "start_offset",
-                 "end_offset", "page", "page_end", "heading", "token_count")
+                 "end_offset", "page", "page_end", "heading", "token_count", "excluded")
 
 
 # Errors of the machine, not of the file: the task retries, and no attempt is counted.
@@ -495,6 +497,8 @@ def _sync_document(document_id: int) -> None:
     chunks.filter(is_current=True).exclude(chunk_set_id=served_set).update(is_current=False)
     if served_set is not None:
         chunks.filter(chunk_set_id=served_set, is_current=False).update(is_current=True)
+    published = document.publication == Publication.PUBLISHED
+    chunks.exclude(published=published).update(published=published)
     document.current_version = served
     if served is not None:
         document.content_hash = served.content_hash

@@ -24,7 +24,7 @@ from django.db import connection, transaction
 from django.db.models import Count, Max, QuerySet, Sum
 from django.utils import timezone
 
-from kms.store.models import Chunk, Document, Domain, LexicalIndex
+from kms.store.models import SEARCHABLE_CHUNKS, Chunk, Document, Domain, LexicalIndex, Publication
 from search.ingestion.embedding import passage_text
 from search.retrieval import index_artifacts
 from search.retrieval.bm25 import BM25Index, BM25Params
@@ -45,12 +45,13 @@ def params() -> BM25Params:
 
 
 def searchable_chunks(domain: Domain) -> QuerySet[Chunk]:
-    """The served chunks: the active set of the version each document serves."""
-    return Chunk.objects.filter(domain=domain, is_current=True)
+    """The active set of the version each published document serves, less excluded chunks."""
+    return Chunk.objects.filter(SEARCHABLE_CHUNKS, domain=domain)
 
 
 def served_documents(domain: Domain) -> QuerySet[Document]:
-    return Document.objects.filter(domain=domain, current_version__isnull=False)
+    return Document.objects.filter(domain=domain, current_version__isnull=False,
+                                   publication=Publication.PUBLISHED)
 
 
 def bm25_text(title: str, heading: str, text: str) -> str:
@@ -100,8 +101,9 @@ _NOTHING = "0:None"  # the fingerprint of nothing served (no row in the aggregat
 
 
 def _fingerprints(domain_ids: Iterable[int] | None = None) -> _Fingerprints:
-    chunks = Chunk.objects.filter(is_current=True)
-    documents = Document.objects.filter(current_version__isnull=False)
+    chunks = Chunk.objects.filter(SEARCHABLE_CHUNKS)
+    documents = Document.objects.filter(current_version__isnull=False,
+                                        publication=Publication.PUBLISHED)
     if domain_ids is not None:
         chunks = chunks.filter(domain_id__in=list(domain_ids))
         documents = documents.filter(domain_id__in=list(domain_ids))

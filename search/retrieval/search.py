@@ -12,13 +12,15 @@ import contextlib
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
+from datetime import time as day_time
 from typing import Literal
 
 import numpy as np
 from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import Exists, OuterRef, Q
+from django.utils import timezone
 
 from kms import access as access_rules
 from kms.access import Access
@@ -47,6 +49,13 @@ class SearchFilters:
     media_types: tuple[str, ...] = ()
     updated_after: datetime | None = None
     updated_before: datetime | None = None
+
+    @classmethod
+    def for_days(cls, after: date | None, before: date | None) -> SearchFilters:
+        """Whole days in the server's time zone: ``before`` includes its own day."""
+        zone = timezone.get_current_timezone()
+        return cls(updated_after=datetime.combine(after, day_time.min, zone) if after else None,
+                   updated_before=datetime.combine(before, day_time.max, zone) if before else None)
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Admin for curating the store; actions call the ingest services, never the pipeline inline.
+"""Admin of the store: actions call the ingest and curation services, never the pipeline inline.
 
 Every list, detail page, search and action works on the selectors of ``kms.access`` for the
 signed-in account: domain staff see their domains' documents and nothing of another group's
@@ -10,6 +10,8 @@ from __future__ import annotations
 from django import forms
 from django.conf import settings
 from django.contrib import admin, messages
+from django.contrib.admin.helpers import ActionForm
+from django.contrib.auth.models import Group
 from django.contrib.postgres.aggregates import StringAgg
 from django.core.exceptions import ValidationError
 from django.db.models import Count, OuterRef, QuerySet, Subquery
@@ -19,6 +21,7 @@ from django.template.defaultfilters import pluralize
 from django.utils.html import format_html
 
 from kms import access
+from kms.admin.common import access_of
 from kms.store.models import (
     ApiToken,
     Chunk,
@@ -27,17 +30,12 @@ from kms.store.models import (
     Domain,
     EmbeddingSpace,
     ModelRun,
+    Publication,
 )
-from search.api.tokens import issue_token, revoke_token
+from kms.tokens import issue_token, revoke_token
+from search.ingestion import curation
 from search.ingestion.documents import reembed, reprocess
 from tuning import registry
-
-
-def access_of(request: HttpRequest) -> access.Access:
-    """The signed-in account's access, worked out once per request."""
-    if not hasattr(request, "_kms_access"):
-        request._kms_access = access.Access.for_user(request.user)
-    return request._kms_access
 
 
 @admin.register(Domain)
@@ -84,19 +82,30 @@ def _current_versions(queryset: QuerySet[Document]) -> list[int]:
     return [pk for pk in queryset.values_list("current_version_id", flat=True) if pk]
 
 
+class DocumentActionForm(ActionForm):
+    """The targets of the bulk "move" and "set groups" actions."""
+
+    domain = forms.ModelChoiceField(Domain.objects.filter(purpose=Domain.Purpose.DOCUMENTS),
+                                    required=False, label="Domain")
+    groups = forms.ModelMultipleChoiceField(Group.objects.all(), required=False,
+                                            label="Access groups")
+
+
 @admin.register(Document)
 class DocumentAdmin(admin.ModelAdmin):
-    list_display = ["title", "domain", "status_badge", "media_type", "version_number",
-                    "updated_at"]
-    list_filter = [("domain", admin.RelatedOnlyFieldListFilter), "status", "media_type",
-                   ("access_groups", admin.RelatedOnlyFieldListFilter)]
+    list_display = ["title", "domain", "status_badge", "publication", "media_type",
+                    "version_number", "updated_at"]
+    list_filter = [("domain", admin.RelatedOnlyFieldListFilter), "status", "publication",
+                   "media_type", ("access_groups", admin.RelatedOnlyFieldListFilter)]
     search_fields = ["title", "source", "content_hash"]
     readonly_fields = ["domain", "source", "media_type", "content_hash", "status",
-                       "status_message", "current_version", "uploaded_by", "created_at",
-                       "updated_at"]
+                       "status_message", "publication", "current_version", "uploaded_by",
+                       "created_at", "updated_at"]
     filter_horizontal = ["access_groups"]
     inlines = [VersionInline]
-    actions = ["process_again", "reembed_documents"]
+    action_form = DocumentActionForm
+    actions = ["publish", "archive", "restore", "process_again", "reembed_documents",
+               "move_to_domain", "set_access_groups", "delete_documents"]
     list_select_related = ["domain", "current_version"]
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Document]:
@@ -115,6 +124,67 @@ class DocumentAdmin(admin.ModelAdmin):
     def has_add_permission(self, request: HttpRequest) -> bool:
         """Documents come in through ingestion (``manage.py ingest``, later the portal)."""
         return False
+
+    def get_actions(self, request: HttpRequest) -> dict:
+        """Deleting goes through the service, which also removes the stored files."""
+        actions = super().get_actions(request)
+        actions.pop("delete_selected", None)
+        return actions
+
+    def delete_model(self, request: HttpRequest, obj: Document) -> None:
+        curation.delete_documents(access_of(request), [obj.pk])
+
+    def _publication(self, request, queryset, publication: str, done: str) -> None:
+        count = curation.set_publication(access_of(request), queryset.values_list(
+            "pk", flat=True), publication)
+        self.message_user(request, f"{done} {count} document{pluralize(count)}.",
+                          messages.SUCCESS)
+
+    @admin.action(description="Publish (search and cite them)", permissions=["change"])
+    def publish(self, request: HttpRequest, queryset: QuerySet[Document]) -> None:
+        self._publication(request, queryset, Publication.PUBLISHED, "Published")
+
+    @admin.action(description="Archive (out of search; kept)", permissions=["change"])
+    def archive(self, request: HttpRequest, queryset: QuerySet[Document]) -> None:
+        self._publication(request, queryset, Publication.ARCHIVED, "Archived")
+
+    @admin.action(description="Restore archived documents", permissions=["change"])
+    def restore(self, request: HttpRequest, queryset: QuerySet[Document]) -> None:
+        self._publication(request, queryset.filter(publication=Publication.ARCHIVED),
+                          Publication.PUBLISHED, "Restored")
+
+    @admin.action(description="Move to the domain chosen below", permissions=["change"])
+    def move_to_domain(self, request: HttpRequest, queryset: QuerySet[Document]) -> None:
+        domain = Domain.objects.filter(pk=request.POST.get("domain") or None).first()
+        if domain is None:
+            self.message_user(request, "Choose the domain to move them to.", messages.ERROR)
+            return
+        try:
+            count = curation.move_to_domain(access_of(request),
+                                            queryset.values_list("pk", flat=True), domain)
+        except curation.CurationError as exc:
+            self.message_user(request, str(exc), messages.ERROR)
+            return
+        self.message_user(request, f"Moved {count} document{pluralize(count)} to {domain}.",
+                          messages.SUCCESS)
+
+    @admin.action(description="Set the access groups chosen below (none: the whole domain)",
+                  permissions=["change"])
+    def set_access_groups(self, request: HttpRequest, queryset: QuerySet[Document]) -> None:
+        groups = list(Group.objects.filter(pk__in=request.POST.getlist("groups")))
+        count = curation.assign_groups(access_of(request),
+                                       queryset.values_list("pk", flat=True), groups)
+        names = ", ".join(g.name for g in groups) or "every member of the domain"
+        self.message_user(request, f"{count} document{pluralize(count)} now visible to "
+                          f"{names}.", messages.SUCCESS)
+
+    @admin.action(description="Delete with every version, passage and file",
+                  permissions=["delete"])
+    def delete_documents(self, request: HttpRequest, queryset: QuerySet[Document]) -> None:
+        count = curation.delete_documents(access_of(request),
+                                          queryset.values_list("pk", flat=True))
+        self.message_user(request, f"Deleted {count} document{pluralize(count)}.",
+                          messages.SUCCESS)
 
     @admin.action(description="Process again (parse, chunk, embed) the newest version")
     def process_again(self, request: HttpRequest, queryset: QuerySet[Document]) -> None:
@@ -166,11 +236,13 @@ class DocumentVersionAdmin(admin.ModelAdmin):
 
 @admin.register(Chunk)
 class ChunkAdmin(admin.ModelAdmin):
-    """Read-only: chunks are derived data; change the document and process it again."""
+    """Read-only but for exclusion: chunks are derived data; a bad passage can be taken out
+    of retrieval (and put back), anything else is changed in the document."""
 
-    list_display = ["__str__", "page", "heading", "token_count", "spaces"]
-    list_filter = [("domain", admin.RelatedOnlyFieldListFilter),
+    list_display = ["__str__", "page", "heading", "token_count", "spaces", "excluded"]
+    list_filter = [("domain", admin.RelatedOnlyFieldListFilter), "excluded", "is_current",
                    ("vectors__space", admin.RelatedOnlyFieldListFilter)]
+    actions = ["exclude_chunks", "include_chunks"]
     search_fields = ["text", "document__title"]
     list_select_related = ["version__document"]
 
@@ -191,6 +263,23 @@ class ChunkAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
         return False
+
+    def has_curate_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("store.change_chunk")
+
+    @admin.action(description="Exclude from retrieval", permissions=["curate"])
+    def exclude_chunks(self, request: HttpRequest, queryset: QuerySet[Chunk]) -> None:
+        count = curation.set_excluded(access_of(request), list(queryset.values_list(
+            "pk", flat=True)), True)
+        self.message_user(request, f"Excluded {count} passage{pluralize(count)} from "
+                          "retrieval.", messages.SUCCESS)
+
+    @admin.action(description="Include in retrieval again", permissions=["curate"])
+    def include_chunks(self, request: HttpRequest, queryset: QuerySet[Chunk]) -> None:
+        count = curation.set_excluded(access_of(request), list(queryset.values_list(
+            "pk", flat=True)), False)
+        self.message_user(request, f"Included {count} passage{pluralize(count)} again.",
+                          messages.SUCCESS)
 
     def get_actions(self, request: HttpRequest) -> dict:
         """Chunks are deleted with their document or version, never one by one."""

@@ -6,7 +6,8 @@ Search serves each document's ``current_version`` (its newest version with an ac
 set), so a failed re-upload never takes away what was already searchable. A version's chunks
 come in sets: a new set (after "process again" or a new embedding model) is built beside the
 served one and made active in one transaction (blue/green), so reprocessing never takes a
-document out of search. Who may see what is decided in ``kms.access``.
+document out of search. Who may see what is decided in ``kms.access``; what search serves
+of it is :data:`SEARCHABLE_CHUNKS`: served, published and not excluded by a curator.
 
 Vectors live beside the chunks, one row per chunk and *embedding space* (a model's weights
 run by one backend, with its own dimension and HNSW index), so a domain can fill a new
@@ -84,6 +85,15 @@ class Status(models.TextChoices):
     FAILED = "failed", "Failed"
 
 
+class Publication(models.TextChoices):
+    """Curation: only published documents are searched and cited; archived ones keep their
+    versions, viewer and download, and come back with *restore*."""
+
+    DRAFT = "draft", "Draft (not searched until published)"
+    PUBLISHED = "published", "Published"
+    ARCHIVED = "archived", "Archived"
+
+
 class Document(models.Model):
     domain = models.ForeignKey(Domain, on_delete=models.PROTECT, related_name="documents")
     title = models.CharField(max_length=500)
@@ -100,6 +110,10 @@ class Document(models.Model):
         max_length=20, choices=Status.choices, default=Status.PENDING, db_index=True
     )
     status_message = models.TextField(blank=True)
+    publication = models.CharField(
+        max_length=20, choices=Publication.choices, default=Publication.PUBLISHED,
+        db_index=True,
+    )
     current_version = models.ForeignKey(
         "DocumentVersion", null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
         help_text="The newest version with active chunks: the one search serves.",
@@ -223,6 +237,12 @@ class Chunk(models.Model):
     is_current = models.BooleanField(
         default=False, help_text="Belongs to the version its document serves."
     )
+    published = models.BooleanField(
+        default=True, help_text="Its document is published (a copy of Document.publication)."
+    )
+    excluded = models.BooleanField(
+        default=False, help_text="A curator took this passage out of retrieval."
+    )
     ordinal = models.PositiveIntegerField()
     text = models.TextField()
     start_offset = models.PositiveIntegerField(help_text="Into the version's extracted text.")
@@ -231,6 +251,7 @@ class Chunk(models.Model):
     page_end = models.PositiveIntegerField(null=True, blank=True)
     heading = models.CharField(max_length=1000, blank=True)
     token_count = models.PositiveIntegerField()
+
     class Meta:
         ordering = ["version", "ordinal"]
         constraints = [
@@ -247,6 +268,10 @@ class Chunk(models.Model):
 
     def __str__(self) -> str:
         return f"{self.version} #{self.ordinal}"
+
+
+# What retrieval serves, on chunk columns alone (so the planner can walk the HNSW index).
+SEARCHABLE_CHUNKS = models.Q(is_current=True, published=True, excluded=False)
 
 
 class EmbeddingSpace(models.Model):
@@ -291,161 +316,3 @@ class ChunkVector(models.Model):
 
     def __str__(self) -> str:
         return f"{self.chunk} in {self.space}"
-
-
-class ModelRun(models.Model):
-    """The model registry: one training run of a domain model, its files, data and numbers.
-
-    A run is trained, judged by the gate on the domain's held-out pairs, and then either
-    promoted (served) or kept as rejected with its numbers. At most one run per domain and
-    kind trains at a time and at most one is promoted; roll back restores the run promoted
-    before it (or the base model).
-    """
-
-    class Kind(models.TextChoices):
-        EMBEDDER = "embedder", "Embedding model"
-        RERANKER = "reranker", "Reranker"
-        VERIFIER = "verifier", "Citation-support verifier"
-
-    class State(models.TextChoices):
-        QUEUED = "queued", "Queued"
-        TRAINING = "training", "Training"
-        REJECTED = "rejected", "Rejected by the gate"
-        PROMOTED = "promoted", "Promoted (served)"
-        RETIRED = "retired", "Retired (replaced or rolled back)"
-        FAILED = "failed", "Failed"
-
-    domain = models.ForeignKey(Domain, on_delete=models.CASCADE, related_name="model_runs")
-    kind = models.CharField(max_length=20, choices=Kind.choices)
-    state = models.CharField(
-        max_length=20, choices=State.choices, default=State.QUEUED, db_index=True
-    )
-    base_model = models.CharField(max_length=1000, help_text="What training started from.")
-    model_dir = models.CharField(max_length=1000, blank=True)
-    space = models.ForeignKey(
-        EmbeddingSpace, null=True, blank=True, on_delete=models.PROTECT, related_name="runs",
-        help_text="Embedder runs: the space of the trained model's vectors.",
-    )
-    params = models.JSONField(default=dict, blank=True, help_text="Training parameters.")
-    data_options = models.JSONField(
-        default=dict, blank=True, help_text="Where its pairs come from (dataset, synthetic).")
-    data_counts = models.JSONField(default=dict, blank=True)
-    loss_curve = models.JSONField(default=list, blank=True)
-    metrics = models.JSONField(
-        default=dict, blank=True, help_text="The gate: candidate and served scores on the "
-        "held-out pairs, the margin and the decision.",
-    )
-    progress_step = models.PositiveIntegerField(default=0)
-    progress_total = models.PositiveIntegerField(default=0)
-    message = models.TextField(blank=True)
-    heartbeat_at = models.DateTimeField(null=True, blank=True)
-    created_at = models.DateTimeField(auto_now_add=True)
-    started_at = models.DateTimeField(null=True, blank=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
-    promoted_at = models.DateTimeField(null=True, blank=True)
-
-    class Meta:
-        ordering = ["-created_at"]
-        constraints = [
-            models.UniqueConstraint(
-                fields=["domain", "kind"], condition=models.Q(state__in=["queued", "training"]),
-                name="modelrun_one_training_per_domain",
-            ),
-            models.UniqueConstraint(
-                fields=["domain", "kind"], condition=models.Q(state="promoted"),
-                name="modelrun_one_promoted_per_domain",
-            ),
-        ]
-
-    def __str__(self) -> str:
-        return f"{self.domain} {self.kind} run {self.pk} ({self.state})"
-
-
-class LexicalIndex(models.Model):
-    """One published version of a domain's BM25 index at one level (chunks or documents).
-
-    The newest row of a domain and level is the pointer every web and worker node follows;
-    the artifact (the index's ``.npz`` bytes) lives in ``LexicalIndexPart`` rows or, where
-    configured, in a Django storage under ``storage_name``. A row is inserted in the same
-    transaction as its parts, so no node ever sees a version whose artifact is incomplete.
-    """
-
-    class Level(models.TextChoices):
-        CHUNKS = "chunks", "Chunks"
-        DOCUMENTS = "documents", "Documents"
-
-    domain = models.ForeignKey(Domain, on_delete=models.CASCADE, related_name="lexical_indexes")
-    level = models.CharField(max_length=10, choices=Level.choices)
-    version = models.PositiveBigIntegerField(help_text="Moves forward by one per build.")
-    watermark = models.DateTimeField(
-        help_text="Database time when the build began reading: changes after it are not in it."
-    )
-    fingerprint = models.CharField(
-        max_length=100, help_text="Count and id sum of what it indexes: a deletion changes it."
-    )
-    entries = models.PositiveIntegerField()
-    checksum = models.CharField(max_length=64, help_text="SHA-256 of the artifact.")
-    size_bytes = models.BigIntegerField()
-    storage_name = models.CharField(
-        max_length=500, blank=True,
-        help_text="The artifact's name in KMS_BM25_ARTIFACT_STORAGE; empty: in the database.",
-    )
-    build_seconds = models.FloatField(default=0.0)
-    created_at = models.DateTimeField(auto_now_add=True)
-
-    class Meta:
-        ordering = ["domain", "level", "-version"]
-        constraints = [
-            models.UniqueConstraint(
-                fields=["domain", "level", "version"], name="lexicalindex_unique_version"
-            )
-        ]
-        verbose_name_plural = "lexical indexes"
-
-    def __str__(self) -> str:
-        return f"{self.domain} BM25 {self.level} v{self.version}"
-
-
-class LexicalIndexPart(models.Model):
-    """A slice of an artifact stored in the database (bytea rows stay well below 1 GB)."""
-
-    index = models.ForeignKey(LexicalIndex, on_delete=models.CASCADE, related_name="parts")
-    position = models.PositiveIntegerField()
-    data = models.BinaryField()
-
-    class Meta:
-        ordering = ["index", "position"]
-        constraints = [
-            models.UniqueConstraint(fields=["index", "position"], name="lexicalindexpart_unique")
-        ]
-
-    def __str__(self) -> str:
-        return f"{self.index} part {self.position}"
-
-
-class ApiToken(models.Model):
-    """A personal API token: the API acts with its user's access while it is valid.
-
-    Only a SHA-256 digest of the secret is stored (the secret is shown once, when issued);
-    ``prefix`` finds the row without scanning digests and names the token in lists.
-    """
-
-    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE,
-                             related_name="api_tokens")
-    name = models.CharField(max_length=100, help_text="What the token is for.")
-    prefix = models.CharField(max_length=12, unique=True, editable=False)
-    digest = models.CharField(max_length=64, editable=False)
-    created_at = models.DateTimeField(auto_now_add=True)
-    expires_at = models.DateTimeField()
-    revoked_at = models.DateTimeField(null=True, blank=True)
-    last_used_at = models.DateTimeField(null=True, blank=True)
-
-    class Meta:
-        ordering = ["-created_at"]
-
-    def __str__(self) -> str:
-        return f"{self.name} ({self.prefix}…, {self.user})"
-
-    @property
-    def active(self) -> bool:
-        return self.revoked_at is None and self.expires_at > timezone.now()
