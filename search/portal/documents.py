@@ -79,13 +79,16 @@ def statuses(request: HttpRequest) -> JsonResponse:
                                        "message": "ids: document ids, comma separated."}},
                             status=400)
     rows = {}
-    for document in visible_documents(access_of(request)).filter(pk__in=ids):
+    for document in visible_documents(access_of(request)).select_related(
+            "current_version").filter(pk__in=ids):
         newest = document.versions.order_by("-number").first()
         done = progress([newest.pk]) if newest and document.status == Status.PROCESSING \
             else None
         rows[document.pk] = {
             "status": document.status, "label": document.get_status_display(),
             "message": document.status_message,
+            "version": f"v{document.current_version.number}" if document.current_version
+            else "-",
             "progress": f"{done.embedded}/{done.chunks} passages embedded"
             if done and done.chunks else ""}
     return JsonResponse({"documents": rows})

@@ -75,6 +75,9 @@ async function ask(form) {
                                  { credentials: "same-origin" }).then((r) => r.text());
         pending.outerHTML = html;
         question.value = "";
+        form.querySelector("label[for=id_question]").textContent = "Ask a follow-up";
+        const title = document.querySelector("h1");
+        if (title.textContent === "New conversation") title.textContent = data.question;
         status.textContent = "Answered.";
         enhanceFeedback(turns);
       } else if (event.name === "error") {
@@ -123,6 +126,7 @@ function followStatuses(table) {
       cell.className = `status status-${info.status}`;
       cell.querySelector("[data-label]").textContent = info.label;
       cell.querySelector("[data-message]").textContent = info.progress || info.message;
+      row.querySelector("[data-version]").textContent = info.version;
     }
     setTimeout(tick, 1500);
   };
