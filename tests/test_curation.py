@@ -222,3 +222,16 @@ def test_reads_are_audited_and_the_log_is_append_only(corpus) -> None:
     assert audit.purge(365) == (1, 0)
     assert AccessEvent.objects.count() == 3
     assert audit.purge(0) == (0, 0)
+
+
+def test_the_audit_pages_are_read_only_in_the_admin(corpus) -> None:
+    client_for(corpus["nurse"]).get("/api/v1/search", {"q": "metformin", "domain": "healthcare"})
+    admin = User.objects.create_superuser("auditor", password="pw")
+    browser = Client()
+    browser.force_login(admin)
+    events = browser.get("/admin/store/accessevent/")
+    assert events.status_code == 200 and "nurse" in events.content.decode()
+    event = AccessEvent.objects.get()
+    assert browser.get(f"/admin/store/accessevent/{event.pk}/delete/").status_code == 403
+    assert browser.get("/admin/store/accessevent/add/").status_code == 403
+    assert browser.get("/admin/auditlog/logentry/").status_code == 200

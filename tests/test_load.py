@@ -22,7 +22,8 @@ STATS = f"""{HEADER}
 "","Aggregated",1840,1,77,100.3,20,2400,4050.0,30.76,0.02,77,85,93,100,130,210,800,1100,2400,2400,2400
 """
 FAILURES = """"Method","Name","Error","Occurrences","First Seen","Last Seen"
-"POST","/api/v1/ask","HTTP 503: {""error"": {""code"": ""generator_unavailable""}}",1,"",""
+"POST","/api/v1/ask","CatchResponseError('HTTP 503: {""code"": ""generator_unavailable""}')",1,"",""
+"GET","/api/v1/search","ConnectionRefusedError(111, 'Connection refused')",1,"",""
 """
 EXCEPTIONS = """"Count","Message","Traceback","Nodes"
 2,"KeyError('turns')","Traceback ...","local"
@@ -74,9 +75,10 @@ def test_failures_and_exceptions_are_listed_most_frequent_first(tmp_path: Path) 
     result = report(write(tmp_path / "run", failures=FAILURES, exceptions=EXCEPTIONS))
     assert result.failures == [
         "exception in a user: KeyError('turns') (2×)",
-        'POST /api/v1/ask: HTTP 503: {"error": {"code": "generator_unavailable"}} (1×)',
+        'POST /api/v1/ask: HTTP 503: {"code": "generator_unavailable"} (1×)',
+        "GET /api/v1/search: ConnectionRefusedError(111, 'Connection refused') (1×)",
     ]
-    assert result.failed == 3  # the failed request and both exceptions
+    assert result.failed == 3  # the statistics' failed requests (1) plus the exceptions (2)
     assert result.as_dict()["failed"] == 3 and result.as_dict()["total"]["requests"] == 1840
 
 

@@ -196,8 +196,8 @@ def read_failures(csv_prefix: Path) -> tuple[list[str], int]:
         with failures.open(newline="") as fh:
             for row in csv.DictReader(fh):
                 count = int(row["Occurrences"])
-                lines.append((count, f"{row['Method']} {row['Name']}: {row['Error']} "
-                                     f"({count}×)"))
+                lines.append((count, f"{row['Method']} {row['Name']}: "
+                                     f"{_unwrapped(row['Error'])} ({count}×)"))
     raised = 0
     exceptions = Path(f"{csv_prefix}_exceptions.csv")
     if exceptions.is_file():
@@ -207,6 +207,12 @@ def read_failures(csv_prefix: Path) -> tuple[list[str], int]:
                 raised += count
                 lines.append((count, f"exception in a user: {row['Message']} ({count}×)"))
     return [line for _, line in sorted(lines, key=lambda item: -item[0])], raised
+
+
+def _unwrapped(error: str) -> str:
+    """The locustfile's message without the repr locust wraps a marked failure in."""
+    match = re.fullmatch(r"""CatchResponseError\((['"])(.*)\1\)""", error, flags=re.DOTALL)
+    return match.group(2) if match else error
 
 
 def run_load(url: str, tokens: Sequence[str], *, domain: str, searchers: int, askers: int,
@@ -276,5 +282,5 @@ def format_table(report: LoadReport) -> str:
 def capped(report: LoadReport, closeness: float = 0.95) -> list[str]:
     """The endpoints whose throughput the clients' own rate limit bounded, not the system."""
     users = {SEARCH: report.searchers, ASK: report.askers}
-    return [row.name for row in report.endpoints if users.get(row.name) and
-            row.requests_per_second >= closeness * report.client_rate * users[row.name]]
+    return [row.name for row in report.endpoints if users.get(row.name) and not row.failures
+            and row.requests_per_second >= closeness * report.client_rate * users[row.name]]

@@ -56,8 +56,8 @@ class Command(BaseCommand):
                 self._load_demo(supervisor)
                 self._queue_verifier("healthcare")
             self.stdout.write(self.style.SUCCESS(
-                f"\nkms is running: http://{host}:{port}/admin/  user {username}"
-                + (f", password {password}" if password else "")
+                f"\nkms is running: http://{host}:{port}/portal/ (admin: /admin/)  user "
+                f"{username}" + (f", password {password}" if password else "")
                 + f"\nLogs in {settings.DATA_DIR / 'logs'}. Press Ctrl+C to stop."
                 + "\nOther commands against this system: KMS_EMBEDDED=1 "
                 f"{os.path.relpath(sys.executable)} manage.py ask \"...\" --domain healthcare --all"
