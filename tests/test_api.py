@@ -212,8 +212,9 @@ def test_unknown_paths_and_ids_answer_in_the_error_format(corpus) -> None:
 
 
 def test_200_random_requests_never_show_another_groups_documents(corpus) -> None:
-    """Random users, endpoints and targets; every document in every response must be one
-    the access module lets that user see."""
+    """Random users, endpoints and targets; every document in every response (results,
+    sources and citations of answers and conversation turns, lists, details, downloads)
+    must be one the access module lets that user see."""
     import random
 
     from kms.access import visible_documents
@@ -225,7 +226,10 @@ def test_200_random_requests_never_show_another_groups_documents(corpus) -> None
                for name, user in corpus.items()}
     every = list(Document.objects.values_list("pk", flat=True))
     words = ["hand hygiene", "escalation bleep", "metformin dose", "expenses form", "ward b"]
-    counts = {"search": 0, "ask": 0, "list": 0, "detail": 0, "download": 0}
+    threads = {name: clients[name].post("/api/v1/conversations", {"domain": "healthcare"},
+                                        content_type="application/json").json()["id"]
+               for name in ("nurse", "ward-b-nurse")}  # the others are not members
+    counts = dict.fromkeys(["search", "ask", "conversation", "list", "detail", "download"], 0)
     for _ in range(200):
         name = rng.choice(list(clients))
         client, allowed = clients[name], visible[name]
@@ -240,6 +244,18 @@ def test_200_random_requests_never_show_another_groups_documents(corpus) -> None
                                                    "domain": domain},
                                    content_type="application/json")
             shown = {s["document_id"] for s in response.json().get("sources", [])}
+        elif kind == "conversation":
+            owner, thread = rng.choice(list(threads.items()))
+            if rng.random() < 0.5:
+                response = client.post(f"/api/v1/conversations/{thread}/ask",
+                                       {"question": rng.choice(words) + "?"},
+                                       content_type="application/json")
+                turns = [response.json()] if response.status_code == 200 else []
+            else:
+                response = client.get(f"/api/v1/conversations/{thread}")
+                turns = response.json().get("turns", [])
+            assert response.status_code == (200 if owner == name else 404)
+            shown = {s["document_id"] for t in turns for s in t["answer"]["sources"]}
         elif kind == "list":
             response = client.get("/api/v1/documents")
             shown = {d["id"] for d in response.json()["documents"]}
