@@ -159,3 +159,47 @@ class VerifierParams(_Params):
 
     def __post_init__(self) -> None:
         self.validate()
+
+
+GENERATOR_METHODS = ("lora", "full")
+GENERATOR_RECIPES = ("closed_book", "rag")
+
+
+def _names(value: Any) -> str | None:
+    if isinstance(value, list | tuple) and value and all(
+            isinstance(v, str) and v.strip() for v in value):
+        return None
+    return "a non-empty list of module names (e.g. q_proj, v_proj)"
+
+
+@dataclass(frozen=True)
+class GeneratorParams(_Params):
+    """How a local causal LM is fine-tuned on a domain's question/answer pairs: LoRA
+    adapters (merged into the saved model, so serving loads one plain checkpoint) or full
+    fine-tuning with the lowest ``freeze_layers`` frozen. ``recipe`` is closed-book
+    (question to answer) or retrieval-augmented (question and passages, some of them
+    distractors, to an answer citing the right one, RAFT-style)."""
+
+    learning_rate: float = _option(2e-4, _number(0.0, 1e-2, low_open=True))
+    batch_size: int = _option(4, _number(1, 256, integer=True))
+    gradient_accumulation: int = _option(4, _number(1, 256, integer=True))
+    epochs: int = _option(2, _number(1, 20, integer=True))
+    warmup_ratio: float = _option(0.05, _number(0.0, 0.5))
+    scheduler: str = _option("cosine", _choice(SCHEDULERS))
+    max_length: int = _option(512, _number(32, 4096, integer=True))
+    method: str = _option("lora", _choice(GENERATOR_METHODS))
+    lora_rank: int = _option(8, _number(1, 256, integer=True))
+    lora_alpha: int = _option(16, _number(1, 1024, integer=True))
+    lora_dropout: float = _option(0.05, _number(0.0, 0.5))
+    target_modules: tuple[str, ...] = _option(("q_proj", "v_proj"), _names)
+    freeze_layers: int = _option(0, _number(0, 128, integer=True))
+    recipe: str = _option("rag", _choice(GENERATOR_RECIPES))
+    distractors: int = _option(2, _number(0, 8, integer=True))
+    held_out: float = _option(0.1, _number(0.0, 0.5))  # share of the pairs, never trained on
+    max_steps: int | None = _option(None, _optional(_number(1, 1_000_000, integer=True)))
+    seed: int = _option(13, _number(0, 2**32 - 1, integer=True))
+
+    def __post_init__(self) -> None:
+        if isinstance(self.target_modules, list):  # options come as JSON lists
+            object.__setattr__(self, "target_modules", tuple(self.target_modules))
+        self.validate()

@@ -8,8 +8,9 @@ data, never a source of instructions.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from django.conf import settings
 
@@ -59,6 +60,10 @@ class SourcePassage:
     number: int  # 1-based
     chunk: ChunkHit
     title: str  # the document's title
+
+    @property
+    def text(self) -> str:
+        return self.chunk.text
 
 
 def choose_passages(
@@ -111,16 +116,26 @@ def _attribute(value: str) -> str:
     return neutralise(_WHITESPACE.sub(" ", value).strip()).replace('"', "'").replace(">", "\u203a")
 
 
-def format_passage(passage: SourcePassage) -> str:
+class Quotable(Protocol):
+    """What a prompt quotes of a passage: a retrieved one, or a training example's."""
+
+    number: int
+    title: str
+
+    @property
+    def text(self) -> str: ...
+
+
+def format_passage(passage: Quotable) -> str:
     return (
         f'<passage n="{passage.number}" title="{_attribute(passage.title)}">\n'
-        f"{neutralise(passage.chunk.text.strip())}\n"
+        f"{neutralise(passage.text.strip())}\n"
         "</passage>"
     )
 
 
 def build_request(
-    question: str, passages: list[SourcePassage], *, max_new_tokens: int = 256
+    question: str, passages: Sequence[Quotable], *, max_new_tokens: int = 256
 ) -> GenerationRequest:
     """System rules first, then the quoted passages, then the question."""
     if passages:
@@ -132,5 +147,5 @@ def build_request(
         messages=(Message("system", SYSTEM_PROMPT), Message("user", user)),
         max_new_tokens=max_new_tokens,
         question=question,
-        passages=tuple(Passage(p.number, p.chunk.text, p.title) for p in passages),
+        passages=tuple(Passage(p.number, p.text, p.title) for p in passages),
     )

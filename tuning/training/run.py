@@ -9,7 +9,7 @@ from typing import Any
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-from tuning.params import EmbedderParams, RerankerParams, VerifierParams
+from tuning.params import EmbedderParams, GeneratorParams, RerankerParams, VerifierParams
 
 # on_progress(step, total_steps, last_loss): last_loss is None before the first logged step.
 ProgressFn = Callable[[int, int, float | None], None]
@@ -36,7 +36,7 @@ class ProgressCallback(TrainerCallback):
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs
     ) -> None:
         if self.on_progress is not None:
-            self.on_progress(0, state.max_steps, None)
+            self.on_progress(state.global_step, state.max_steps, None)  # > 0 when resumed
 
     def on_log(
         self,
@@ -54,8 +54,8 @@ class ProgressCallback(TrainerCallback):
             self.on_progress(state.global_step, state.max_steps, loss)
 
 
-def common_arguments(params: EmbedderParams | RerankerParams | VerifierParams,
-                     device: str) -> dict[str, Any]:
+def common_arguments(params: EmbedderParams | RerankerParams | VerifierParams
+                     | GeneratorParams, device: str) -> dict[str, Any]:
     """Training arguments shared by every trainer: local, quiet, no
     evaluation and no checkpoints inside the run."""
     return {

@@ -1,0 +1,216 @@
+"""Supervised fine-tuning of a local causal LM on question/answer pairs, with transformers'
+Trainer and, by default, LoRA adapters from peft (merged before saving, so serving loads one
+plain checkpoint).
+
+Two recipes. *Closed-book*: the question alone, to the answer. *Retrieval-augmented*
+(RAFT-style): the question with the passages that hold its answer and distractors from other
+pairs, in the very prompt serving builds (``search.answering.prompting.build_request``), to
+the answer citing the right passage with ``[n]``. Only the answer's tokens are learned.
+
+A run writes checkpoints as it goes and resumes from the newest one; the model is saved into
+a ``.partial`` folder and renamed into place when complete, so a half-written model is never
+where a run's ``model_dir`` points.
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from search.answering.generation.local import convert_gguf, encode_chat
+from search.answering.prompting import build_request
+from tuning.data.qa import QAPair
+from tuning.params import GeneratorParams
+from tuning.training.run import ProgressCallback, ProgressFn, TrainingResult, common_arguments
+
+CLOSED_BOOK_PROMPT = (
+    "You answer questions about this domain from what you know. When the question asks "
+    "for a decision, open with Yes, No or Maybe; then explain in one or two sentences.")
+# For base models without a chat template (Gemma 3 base): plain turns, kept with the model.
+PLAIN_TEMPLATE = (
+    "{% for message in messages %}{{ message['role'] | capitalize }}: "
+    "{{ message['content'] }}\n\n{% endfor %}{% if add_generation_prompt %}Assistant: "
+    "{% endif %}")
+
+
+class GeneratorTrainingError(RuntimeError):
+    """A base model or data the run cannot use; nothing was saved."""
+
+
+@dataclass(frozen=True)
+class TrainingPassage:
+    """A passage of a training prompt, numbered as the answer cites it."""
+
+    number: int
+    title: str
+    text: str
+
+
+def answer_text(pair: QAPair) -> str:
+    """What the model learns to write: the decision first (so its first token can be scored
+    by the label words' probabilities), then the answer."""
+    lead = f"{pair.decision.capitalize()}. " if pair.decision else ""
+    return lead + pair.answer
+
+
+def closed_book_example(pair: QAPair) -> tuple[list[dict[str, str]], str]:
+    return ([{"role": "system", "content": CLOSED_BOOK_PROMPT},
+             {"role": "user", "content": pair.question}], answer_text(pair))
+
+
+def rag_example(pair: QAPair, others: Sequence[QAPair], distractors: int,
+                rng: random.Random) -> tuple[list[dict[str, str]], str] | None:
+    """The serving prompt with the pair's passage and ``distractors`` others, shuffled; the
+    target cites the right one. None for a pair without contexts."""
+    if not pair.contexts:
+        return None
+    pool = [o for o in others if o.contexts and o.id != pair.id]
+    texts = [(" ".join(pair.contexts), True)] + [
+        (" ".join(o.contexts), False) for o in rng.sample(pool, min(distractors, len(pool)))]
+    rng.shuffle(texts)
+    passages = [TrainingPassage(n, f"Source {n}", text) for n, (text, _) in enumerate(texts, 1)]
+    oracle = next(n for n, (_, right) in enumerate(texts, 1) if right)
+    request = build_request(pair.question, passages)
+    messages = [{"role": m.role, "content": m.content} for m in request.messages]
+    return messages, f"{answer_text(pair)} [{oracle}]"
+
+
+def encode_example(tokenizer: Any, messages: list[dict[str, str]], target: str,
+                   max_length: int) -> dict[str, list[int]] | None:
+    """Prompt and answer ids, the prompt masked out of the loss; None when the prompt alone
+    leaves no room for the answer."""
+    prompt = encode_chat(tokenizer, messages)
+    answer = tokenizer.encode(target, add_special_tokens=False) + [tokenizer.eos_token_id]
+    room = max_length - len(prompt)
+    if room < min(16, len(answer)):
+        return None
+    answer = answer[:room]
+    return {"input_ids": prompt + answer, "labels": [-100] * len(prompt) + answer}
+
+
+def training_examples(pairs: Sequence[QAPair], tokenizer: Any,
+                      params: GeneratorParams) -> tuple[list[dict[str, list[int]]], int]:
+    """Encoded examples of the recipe, and how many pairs could not be used."""
+    rng = random.Random(params.seed)
+    examples, skipped = [], 0
+    for pair in pairs:
+        made = rag_example(pair, pairs, params.distractors, rng) if params.recipe == "rag" \
+            else closed_book_example(pair)
+        encoded = encode_example(tokenizer, *made, params.max_length) if made else None
+        if encoded is None:
+            skipped += 1
+        else:
+            examples.append(encoded)
+    return examples, skipped
+
+
+class PaddingCollator:
+    """Right-pads a batch: ids with the pad token, labels with -100 (not learned)."""
+
+    def __init__(self, pad_id: int) -> None:
+        self.pad_id = pad_id
+
+    def __call__(self, rows: list[dict[str, list[int]]]) -> dict[str, Any]:
+        import torch
+
+        width = max(len(r["input_ids"]) for r in rows)
+        ids = [r["input_ids"] + [self.pad_id] * (width - len(r["input_ids"])) for r in rows]
+        labels = [r["labels"] + [-100] * (width - len(r["labels"])) for r in rows]
+        mask = [[1] * len(r["input_ids"]) + [0] * (width - len(r["input_ids"])) for r in rows]
+        return {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels),
+                "attention_mask": torch.tensor(mask)}
+
+
+def model_directory(base: str | Path, cache_dir: Path) -> Path:
+    """A checkpoint folder for ``base``: itself, or the one-time conversion of a GGUF file."""
+    path = Path(base).expanduser()
+    if path.is_file() and path.suffix == ".gguf":
+        return convert_gguf(path, cache_dir)
+    if not (path / "config.json").is_file():
+        raise GeneratorTrainingError(f"No model at {path}: give a checkpoint folder (with "
+                                     "config.json) or a .gguf file.")
+    return path
+
+
+def load_base(directory: Path) -> tuple[Any, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(directory)
+    if not tokenizer.chat_template:
+        tokenizer.chat_template = PLAIN_TEMPLATE
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(directory, device_map="cpu")
+    return model, tokenizer
+
+
+def _adapt(model: Any, params: GeneratorParams) -> Any:
+    """LoRA adapters on ``target_modules``, or full fine-tuning above ``freeze_layers``."""
+    if params.method == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        names = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+        missing = [m for m in params.target_modules if m not in names]
+        if missing:
+            raise GeneratorTrainingError(f"The model has no modules named {missing}; "
+                                         "set target_modules (e.g. q_proj, v_proj).")
+        return get_peft_model(model, LoraConfig(
+            r=params.lora_rank, lora_alpha=params.lora_alpha, lora_dropout=params.lora_dropout,
+            target_modules=list(params.target_modules), task_type="CAUSAL_LM"))
+    layers = model.get_decoder().layers
+    if params.freeze_layers > len(layers):
+        raise GeneratorTrainingError(f"freeze_layers is {params.freeze_layers} but the model "
+                                     f"has {len(layers)} layers.")
+    if params.freeze_layers:
+        for module in [model.get_input_embeddings(), *layers[:params.freeze_layers]]:
+            module.requires_grad_(False)
+    return model
+
+
+def newest_checkpoint(folder: Path) -> Path | None:
+    found = sorted(folder.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    return found[-1] if found else None
+
+
+def train_generator(pairs: Sequence[QAPair], base: str | Path, out_dir: Path,
+                    params: GeneratorParams, *, cache_dir: Path,
+                    on_progress: ProgressFn | None = None,
+                    save_steps: int = 50) -> TrainingResult:
+    """Fine-tune ``base`` on ``pairs`` into ``out_dir`` (resuming the run's checkpoints)."""
+    from transformers import PrinterCallback, Trainer, TrainingArguments
+
+    model, tokenizer = load_base(model_directory(base, cache_dir))
+    examples, _ = training_examples(pairs, tokenizer, params)
+    if not examples:
+        raise GeneratorTrainingError(f"None of the {len(pairs)} pairs makes a {params.recipe} "
+                                     "example (the rag recipe needs pairs with contexts).")
+    model = _adapt(model, params)
+    checkpoints = out_dir.with_name(out_dir.name + ".checkpoints")
+    started = time.perf_counter()
+    progress = ProgressCallback(on_progress)
+    arguments = {**common_arguments(params, "cpu"), "output_dir": str(checkpoints),
+                 "gradient_accumulation_steps": params.gradient_accumulation,
+                 "lr_scheduler_type": params.scheduler, "save_strategy": "steps",
+                 "save_steps": save_steps, "save_total_limit": 1}
+    trainer = Trainer(model=model, args=TrainingArguments(**arguments),
+                      train_dataset=examples,
+                      data_collator=PaddingCollator(tokenizer.pad_token_id),
+                      callbacks=[progress])
+    trainer.remove_callback(PrinterCallback)  # progress goes to on_progress, not stdout
+    trainer.train(resume_from_checkpoint=str(newest_checkpoint(checkpoints) or "") or None)
+    trained = model.merge_and_unload() if params.method == "lora" else model
+    partial = out_dir.with_name(out_dir.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    trained.save_pretrained(partial)
+    tokenizer.save_pretrained(partial)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    partial.rename(out_dir)
+    shutil.rmtree(checkpoints, ignore_errors=True)
+    return TrainingResult(steps=trainer.state.global_step,
+                          seconds=round(time.perf_counter() - started, 1),
+                          loss_curve=progress.loss_curve, train_pairs=len(examples))
