@@ -354,6 +354,9 @@ KMS_TUNING_SYNTHETIC_LIMIT = env_int("KMS_TUNING_SYNTHETIC_LIMIT", 600)  # pairs
 KMS_TUNING_MINE_LIMIT = env_int("KMS_TUNING_MINE_LIMIT", 1000)  # label-free: pairs mined
 # A new model must beat the served one's nDCG@10 on the held-out queries by this much.
 KMS_TUNING_GATE_MARGIN = env_float("KMS_TUNING_GATE_MARGIN", 0.005)
+# A fine-tuned generator is promoted when its held-out decision accuracy beats the served
+# model's by more than this (or, without decisions, its gold-answer perplexity is lower).
+KMS_GENERATOR_GATE_MARGIN = env_float("KMS_GENERATOR_GATE_MARGIN", 0.0)
 # Synthetic held-out queries (no real ones) cannot show what real questions gain: a run that
 # passes on them alone waits for a curator unless this (or the domain's promote_label_free) says.
 KMS_TUNING_PROMOTE_LABEL_FREE = env_bool("KMS_TUNING_PROMOTE_LABEL_FREE", False)

@@ -5,16 +5,17 @@ recipes, LoRA and partly frozen full fine-tuning, resuming from a checkpoint, ba
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
 
 from tuning.data.qa import QADatasetError, QAPair, check_enough, held_out, read_pairs
+from tuning.data.sft import rag_example
 from tuning.params import GeneratorParams
 from tuning.training.generator import (
     GeneratorTrainingError,
     load_base,
-    rag_example,
     train_generator,
     training_examples,
 )
@@ -54,7 +55,7 @@ def tiny_model(tmp_path_factory) -> Path:
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
     from search.answering.prompting import SYSTEM_PROMPT
-    from tuning.training.generator import CLOSED_BOOK_PROMPT
+    from tuning.data.sft import CLOSED_BOOK_PROMPT
 
     folder = tmp_path_factory.mktemp("tiny-generator")
     raw = Tokenizer(models.WordLevel(unk_token="<unk>"))
@@ -126,7 +127,8 @@ def test_the_rag_recipe_quotes_the_right_passage_among_distractors() -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("options", [
-    {"method": "lora", "recipe": "rag", "target_modules": ["q_proj", "v_proj", "down_proj", "lm_head"]},
+    {"method": "lora", "recipe": "rag",
+     "target_modules": ["q_proj", "v_proj", "down_proj", "lm_head"]},
     {"method": "full", "recipe": "closed_book", "freeze_layers": 1},
 ])
 def test_a_few_steps_lower_the_loss_and_save_a_plain_checkpoint(tiny_model, tmp_path,
@@ -205,3 +207,55 @@ def test_examples_mask_the_prompt_and_skip_what_does_not_fit(tiny_model) -> None
     assert tokenizer.decode(learned).startswith("Yes . Metformin")
     _, skipped = training_examples(pairs, tokenizer, GeneratorParams(max_length=32))
     assert skipped == 10  # the rag prompt alone is longer than 32 tokens
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_the_whole_cycle_through_a_worker_promotes_serves_and_rolls_back(
+        tiny_model, worker_factory, settings) -> None:
+    from kms.store.models import CuratedPair, Domain, ModelRun
+    from search.answering.answers import answer
+    from tests.conftest import OPERATOR
+    from tuning import generator_cycle, registry
+    from tuning.tasks import train_run
+
+    domain = Domain.objects.get_or_create(slug="healthcare", defaults={"name": "Healthcare"})[0]
+    domain.options = {"tuning": {"gate_margin": -1.0}}  # three steps rarely beat the base
+    domain.save(update_fields=["options"])
+    CuratedPair.objects.bulk_create([CuratedPair(domain=domain, question=q, answer=a)
+                                     for q, _, a in FACTS * 2])
+    worker_factory().start(concurrency=1)
+    run = generator_cycle.new_generator_run(domain, base=tiny_model, params={
+        "recipe": "closed_book", "max_steps": 3, "batch_size": 2, "held_out": 0.3,
+        "max_length": 256})
+    with pytest.raises(registry.RegistryError, match="already queued"):
+        generator_cycle.new_generator_run(domain, base=tiny_model)  # single-flight
+    train_run.delay(run.pk)
+    deadline = time.monotonic() + 240
+    while ModelRun.objects.get(pk=run.pk).state in registry.ACTIVE:
+        assert time.monotonic() < deadline, "the run did not finish"
+        time.sleep(0.5)
+    run.refresh_from_db()
+    assert run.state == ModelRun.State.PROMOTED, run.message
+    assert run.data_counts["steps"] == 3 and run.metrics["served"]["name"] == "base model"
+    assert run.metrics["candidate"]["perplexity"] > 0 and len(run.loss_curve) == 3
+
+    settings.KMS_GENERATOR = "local"
+    served = answer("Is the cannula changed every 72 hours?", domain=domain, access=OPERATOR)
+    assert served.backend == f"local:{Path(run.model_dir).name}"
+    assert registry.roll_back(domain, "generator") is None  # the base model again
+    again = answer("Is the cannula changed every 72 hours?", domain=domain, access=OPERATOR)
+    assert again.backend == "local"
+
+
+def test_a_domain_with_too_few_pairs_or_a_missing_base_is_refused(db, tmp_path) -> None:
+    from kms.store.models import Domain
+    from tuning import generator_cycle
+
+    domain = Domain.objects.get_or_create(slug="healthcare", defaults={"name": "Healthcare"})[0]
+    with pytest.raises(QADatasetError, match="Too few pairs: 0"):
+        generator_cycle.new_generator_run(domain)
+    dataset = tmp_path / "pairs.jsonl"
+    dataset.write_text("\n".join(json.dumps(r) for r in dataset_rows()))
+    with pytest.raises(GeneratorTrainingError, match="No model at"):
+        generator_cycle.new_generator_run(domain, dataset=dataset, base=tmp_path / "missing")

@@ -14,7 +14,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from kms.store.models import Domain, ModelRun
-from tuning import cycle, registry, verifier_cycle
+from tuning import cycle, generator_cycle, registry, verifier_cycle
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +27,8 @@ def train_run(run_id: int) -> str:
     try:
         if run.kind == ModelRun.Kind.VERIFIER:
             run = verifier_cycle.run_verifier_cycle(run)
+        elif run.kind == ModelRun.Kind.GENERATOR:
+            run = generator_cycle.run_generator_cycle(run)
         else:
             options = cycle.DataOptions.for_domain(run.domain, **cycle.stored_options(run))
             run = cycle.run_cycle(run, options)

@@ -42,6 +42,7 @@ from search.answering.citations import (
 )
 from search.answering.generation.backends import get_generator
 from search.answering.generation.base import Generator, GeneratorError
+from search.answering.generator_runs import served_generator
 from search.answering.prompting import (
     NO_ANSWER,
     SourcePassage,
@@ -226,7 +227,7 @@ def stream_answer(
     started = time.perf_counter()
     options = (options or AnswerOptions.from_settings()).validate()
     if generator is None or isinstance(generator, str):
-        generator = get_generator(generator)
+        generator = _generator_for(domain, generator)
     response = search(
         question, domain=domain, access=access, mode="hybrid",
         k=options.max_passages, chunks_per_document=2,
@@ -290,6 +291,16 @@ def reverify(result: Answer, options: AnswerOptions, domain: str | Domain | None
     again.timings_ms["verification"] = spent
     again.timings_ms["total"] = round(result.timings_ms.get("total", 0.0) - previous + spent, 1)
     return again
+
+
+def _generator_for(domain: str | Domain, name: str | None) -> Generator:
+    """The backend; for the local one, the domain's promoted fine-tuned model if it has one
+    whose files are here."""
+    if (name or settings.KMS_GENERATOR).strip().lower() == "local":
+        served = served_generator(domain)
+        if served is not None and (served / "config.json").is_file():
+            return get_generator("local", model_path=str(served))
+    return get_generator(name)
 
 
 def _verifier(domain: str | Domain | None, options: AnswerOptions) -> Path | None:

@@ -20,6 +20,7 @@ class ModelRun(models.Model):
         EMBEDDER = "embedder", "Embedding model"
         RERANKER = "reranker", "Reranker"
         VERIFIER = "verifier", "Citation-support verifier"
+        GENERATOR = "generator", "Answer generator"
 
     class State(models.TextChoices):
         QUEUED = "queued", "Queued"

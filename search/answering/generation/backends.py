@@ -8,6 +8,7 @@ stateless, so sharing them costs nothing.
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 from django.conf import settings
 
@@ -19,9 +20,9 @@ _lock = threading.Lock()
 _cache: dict[tuple, Generator] = {}
 
 
-def _key(name: str) -> tuple:
+def _key(name: str, model_path: str | None = None) -> tuple:
     if name == "local":
-        return (name, settings.KMS_GENERATOR_MODEL)
+        return (name, model_path or settings.KMS_GENERATOR_MODEL)
     if name == "openai":
         return (
             name, settings.KMS_OPENAI_BASE_URL, settings.KMS_OPENAI_MODEL,
@@ -31,14 +32,18 @@ def _key(name: str) -> tuple:
     return (name,)
 
 
-def _build(name: str) -> Generator:
+def _build(name: str, model_path: str | None = None) -> Generator:
     if name == "extractive":
         from .extractive import ExtractiveGenerator
 
         return ExtractiveGenerator()
     if name == "local":
-        from .local import from_settings
+        from .local import LocalGenerator, conversion_cache_dir, from_settings
 
+        if model_path:  # a fine-tuned model: its folder names the run in answers
+            generator = LocalGenerator(model_path, cache_dir=conversion_cache_dir())
+            generator.name = f"local:{Path(model_path).name}"
+            return generator
         return from_settings()
     from .openai_http import BASE_URL_SETTING, OpenAICompatibleGenerator
 
@@ -63,16 +68,23 @@ def _build(name: str) -> Generator:
         ) from exc
 
 
-def get_generator(name: str | None = None) -> Generator:
-    """The backend ``name`` (default ``KMS_GENERATOR``), shared within this process."""
+def get_generator(name: str | None = None, model_path: str | None = None) -> Generator:
+    """The backend ``name`` (default ``KMS_GENERATOR``), shared within this process.
+
+    ``model_path`` (local only): a domain's promoted fine-tuned generator instead of
+    KMS_GENERATOR_MODEL; only the newest such model stays loaded per process.
+    """
     name = (name or settings.KMS_GENERATOR).strip().lower()
     if name not in BACKENDS:
         raise GeneratorError(
             f"Unknown generator backend {name!r}: set KMS_GENERATOR to one of "
             f"{', '.join(BACKENDS)}."
         )
-    key = _key(name)
+    key = _key(name, model_path if name == "local" else None)
     with _lock:
         if key not in _cache:
-            _cache[key] = _build(name)
+            if model_path and name == "local":
+                for stale in [k for k in _cache if k[0] == "local" and k != _key("local")]:
+                    del _cache[stale]
+            _cache[key] = _build(name, model_path if name == "local" else None)
         return _cache[key]
