@@ -65,6 +65,7 @@ def _train_and_judge(run: ModelRun, on_step: OnStep | None,
     train, held = held_out(pairs_for(run.domain, run.data_options.get("dataset")),
                            params.held_out)
     check_enough(train, held)
+    held = held[:params.gate_pairs]
     output = registry.run_directory(run)
     say(f"Fine-tuning {Path(run.base_model).name} ({params.method}, {params.recipe}) on "
         f"{len(train)} pairs")
@@ -84,7 +85,7 @@ def _train_and_judge(run: ModelRun, on_step: OnStep | None,
         "gate_margin", settings.KMS_GENERATOR_GATE_MARGIN))
     counts = {"train_pairs": len(train), "held_out_pairs": len(held),
               "examples": result.train_pairs, "steps": result.steps,
-              "training_seconds": seconds}
+              "training_seconds": seconds, "tokens_per_second": result.tokens_per_second}
     registry.finish(run, model_dir=output, data_counts=counts, loss_curve=result.loss_curve,
                     metrics=gate.as_dict(), passed=gate.passed)
     run.refresh_from_db()
@@ -95,4 +96,4 @@ def _scores(name: str, directory: Path, held: list[QAPair],
             params: GeneratorParams) -> GeneratorScores:
     model, tokenizer = load_base(directory)
     return score_generator(name, model, tokenizer, held, params.recipe, params.seed,
-                           params.max_length, params.distractors)
+                           params.max_length, params.distractors, params.passage_words)

@@ -186,7 +186,8 @@ class GeneratorParams(_Params):
     epochs: int = _option(2, _number(1, 20, integer=True))
     warmup_ratio: float = _option(0.05, _number(0.0, 0.5))
     scheduler: str = _option("cosine", _choice(SCHEDULERS))
-    max_length: int = _option(512, _number(32, 4096, integer=True))
+    # The serving prompt's rules alone are ~400 tokens; with two passages, ~800.
+    max_length: int = _option(1024, _number(32, 4096, integer=True))
     method: str = _option("lora", _choice(GENERATOR_METHODS))
     lora_rank: int = _option(8, _number(1, 256, integer=True))
     lora_alpha: int = _option(16, _number(1, 1024, integer=True))
@@ -194,8 +195,12 @@ class GeneratorParams(_Params):
     target_modules: tuple[str, ...] = _option(("q_proj", "v_proj"), _names)
     freeze_layers: int = _option(0, _number(0, 128, integer=True))
     recipe: str = _option("rag", _choice(GENERATOR_RECIPES))
-    distractors: int = _option(2, _number(0, 8, integer=True))
+    distractors: int = _option(1, _number(0, 8, integer=True))
+    # Each passage of a rag example, in words: about a served chunk (KMS_CHUNK_TOKENS 200).
+    passage_words: int = _option(120, _number(20, 2000, integer=True))
     held_out: float = _option(0.1, _number(0.0, 0.5))  # share of the pairs, never trained on
+    # The gate judges at most this many held-out pairs (a forward pass each, ~1 s on CPU).
+    gate_pairs: int = _option(200, _number(1, 100_000, integer=True))
     max_steps: int | None = _option(None, _optional(_number(1, 1_000_000, integer=True)))
     seed: int = _option(13, _number(0, 2**32 - 1, integer=True))
 

@@ -48,15 +48,31 @@ def closed_book_example(pair: QAPair) -> tuple[list[dict[str, str]], str]:
              {"role": "user", "content": pair.question}], answer_text(pair))
 
 
+def best_window(text: str, answer: str, words: int) -> str:
+    """The ``words``-word window of ``text`` sharing most words with ``answer``: a passage
+    the size of a served chunk, where the answer's evidence is."""
+    tokens = text.split()
+    if len(tokens) <= words:
+        return text
+    wanted = {w.lower().strip(".,;:()") for w in answer.split()}
+    starts = range(0, len(tokens) - words + 1, max(1, words // 2))
+    best = max(starts, key=lambda s: sum(t.lower().strip(".,;:()") in wanted
+                                         for t in tokens[s:s + words]))
+    return " ".join(tokens[best:best + words])
+
+
 def rag_example(pair: QAPair, others: Sequence[QAPair], distractors: int,
-                rng: random.Random) -> tuple[list[dict[str, str]], str] | None:
-    """The serving prompt with the pair's passage and ``distractors`` others, shuffled; the
-    target cites the right one. None for a pair without contexts."""
+                rng: random.Random, passage_words: int = 120,
+                ) -> tuple[list[dict[str, str]], str] | None:
+    """The serving prompt with the pair's passage and ``distractors`` others (each a
+    chunk-sized window), shuffled; the target cites the right one. None for a pair without
+    contexts."""
     if not pair.contexts:
         return None
     pool = [o for o in others if o.contexts and o.id != pair.id]
-    texts = [(" ".join(pair.contexts), True)] + [
-        (" ".join(o.contexts), False) for o in rng.sample(pool, min(distractors, len(pool)))]
+    texts = [(best_window(" ".join(pair.contexts), pair.answer, passage_words), True)] + [
+        (best_window(" ".join(o.contexts), o.question, passage_words), False)
+        for o in rng.sample(pool, min(distractors, len(pool)))]
     rng.shuffle(texts)
     passages = [TrainingPassage(n, f"Source {n}", text) for n, (text, _) in enumerate(texts, 1)]
     oracle = next(n for n, (_, right) in enumerate(texts, 1) if right)

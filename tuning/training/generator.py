@@ -35,8 +35,8 @@ def training_examples(pairs: Sequence[QAPair], tokenizer: Any,
     rng = random.Random(params.seed)
     examples, skipped = [], 0
     for pair in pairs:
-        made = rag_example(pair, pairs, params.distractors, rng) if params.recipe == "rag" \
-            else closed_book_example(pair)
+        made = rag_example(pair, pairs, params.distractors, rng, params.passage_words) \
+            if params.recipe == "rag" else closed_book_example(pair)
         encoded = encode_example(tokenizer, *made, params.max_length) if made else None
         if encoded is None:
             skipped += 1
@@ -147,6 +147,9 @@ def train_generator(pairs: Sequence[QAPair], base: str | Path, out_dir: Path,
     shutil.rmtree(out_dir, ignore_errors=True)
     partial.rename(out_dir)
     shutil.rmtree(checkpoints, ignore_errors=True)
-    return TrainingResult(steps=trainer.state.global_step,
-                          seconds=round(time.perf_counter() - started, 1),
-                          loss_curve=progress.loss_curve, train_pairs=len(examples))
+    seconds = time.perf_counter() - started
+    seen = trainer.state.global_step * params.batch_size * params.gradient_accumulation
+    mean_tokens = sum(len(e["input_ids"]) for e in examples) / len(examples)
+    return TrainingResult(steps=trainer.state.global_step, seconds=round(seconds, 1),
+                          loss_curve=progress.loss_curve, train_pairs=len(examples),
+                          tokens_per_second=round(seen * mean_tokens / max(seconds, 1e-9), 1))

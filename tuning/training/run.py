@@ -23,6 +23,7 @@ class TrainingResult:
     seconds: float
     loss_curve: list[tuple[int, float]] = field(default_factory=list)
     train_pairs: int = 0
+    tokens_per_second: float | None = None  # generators: prompt and answer tokens trained
 
 
 class ProgressCallback(TrainerCallback):

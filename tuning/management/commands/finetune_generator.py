@@ -57,7 +57,8 @@ class Command(BaseCommand):
         counts, gate = run.data_counts, run.metrics
         self.stdout.write(f"{counts.get('train_pairs')} pairs trained on, "
                           f"{counts.get('held_out_pairs')} held out; {counts.get('steps')} "
-                          f"steps in {counts.get('training_seconds')} s.")
+                          f"steps in {counts.get('training_seconds')} s "
+                          f"({counts.get('tokens_per_second')} tokens/s).")
         for row in (gate.get("candidate"), gate.get("served")):
             if row:
                 self.stdout.write(
