@@ -211,8 +211,12 @@ def test_examples_mask_the_prompt_and_skip_what_does_not_fit(tiny_model) -> None
 
 @pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
-def test_the_whole_cycle_through_a_worker_promotes_serves_and_rolls_back(
-        tiny_model, worker_factory, settings) -> None:
+def test_the_whole_cycle_through_a_worker_promotes_serves_compares_and_rolls_back(
+        tiny_model, worker_factory, settings, tmp_path) -> None:
+    from io import StringIO
+
+    from django.core.management import call_command
+
     from kms.store.models import CuratedPair, Domain, ModelRun
     from search.answering.answers import answer
     from tests.conftest import OPERATOR
@@ -243,6 +247,15 @@ def test_the_whole_cycle_through_a_worker_promotes_serves_and_rolls_back(
     settings.KMS_GENERATOR = "local"
     served = answer("Is the cannula changed every 72 hours?", domain=domain, access=OPERATOR)
     assert served.backend == f"local:{Path(run.model_dir).name}"
+
+    call_command("compare_approaches", domain="healthcare", generate=2, out=tmp_path,
+                 stdout=StringIO())
+    report = json.loads((tmp_path / "comparison.json").read_text())
+    assert [r["name"] for r in report["rows"]] == [
+        "base, closed-book", "base + RAG", f"fine-tuned, closed-book (run {run.pk})",
+        "extractive"]
+    assert all(r["perplexity"] > 0 for r in report["rows"][:3])
+    assert (tmp_path / "comparison.png").stat().st_size > 0
     assert registry.roll_back(domain, "generator") is None  # the base model again
     again = answer("Is the cannula changed every 72 hours?", domain=domain, access=OPERATOR)
     assert again.backend == "local"

@@ -20,11 +20,7 @@ from tuning.data.qa import QAPair
 CLOSED_BOOK_PROMPT = (
     "You answer questions about this domain from what you know. When the question asks "
     "for a decision, open with Yes, No or Maybe; then explain in one or two sentences.")
-# For base models without a chat template (Gemma 3 base): plain turns, kept with the model.
-PLAIN_TEMPLATE = (
-    "{% for message in messages %}{{ message['role'] | capitalize }}: "
-    "{{ message['content'] }}\n\n{% endfor %}{% if add_generation_prompt %}Assistant: "
-    "{% endif %}")
+
 
 
 @dataclass(frozen=True)

@@ -57,10 +57,18 @@ def _one_pass(model: Any, prompt: list[int], answer: list[int],
 def score_generator(name: str, model: Any, tokenizer: Any, pairs: Sequence[QAPair],
                     recipe: str, seed: int = 13, max_length: int = 1024,
                     distractors: int = 1, passage_words: int = 120) -> GeneratorScores:
+    """The gate's scores: the recipe's own prompts for the held-out pairs."""
+    prompts = [(prompt_of(pair, pairs, recipe, seed, distractors, passage_words), pair)
+               for pair in pairs]
+    return score_prompts(name, model, tokenizer, prompts)
+
+
+def score_prompts(name: str, model: Any, tokenizer: Any,
+                  prompts: Sequence[tuple[list[dict[str, str]], QAPair]],
+                  answer_tokens: int = 128) -> GeneratorScores:
     """Decision accuracy and macro precision, recall and F1 (the label word likeliest as the
-    answer's first token; a word of several tokens by its first), and the gold answers'
-    perplexity, in one forward pass per pair."""
-    from sklearn.metrics import accuracy_score, precision_recall_fscore_support
+    answer's first token; a word of several tokens by its first), and the perplexity of the
+    gold answers (their first ``answer_tokens``), in one forward pass per prompt."""
 
     from search.answering.generation.local import encode_chat
 
@@ -68,12 +76,9 @@ def score_generator(name: str, model: Any, tokenizer: Any, pairs: Sequence[QAPai
     label_ids = {label: tokenizer.encode(label.capitalize(), add_special_tokens=False)[0]
                  for label in LABELS}
     gold, chosen, log_prob, tokens = [], [], 0.0, 0
-    for pair in pairs:
-        prompt = encode_chat(tokenizer, prompt_of(pair, pairs, recipe, seed, distractors,
-                                                  passage_words))
-        prompt = prompt[-(max_length // 2):]
-        answer = tokenizer.encode(answer_text(pair), add_special_tokens=False)
-        answer = answer[:max(1, max_length - len(prompt))]
+    for messages, pair in prompts:
+        prompt = encode_chat(tokenizer, messages)
+        answer = tokenizer.encode(answer_text(pair), add_special_tokens=False)[:answer_tokens]
         labels, answer_log_prob = _one_pass(model, prompt, answer, label_ids)
         log_prob += answer_log_prob
         tokens += len(answer)
@@ -81,13 +86,22 @@ def score_generator(name: str, model: Any, tokenizer: Any, pairs: Sequence[QAPai
             gold.append(pair.decision)
             chosen.append(max(labels, key=labels.get))
     perplexity = round(math.exp(-log_prob / max(tokens, 1)), 3)
+    return GeneratorScores(name, len(prompts), *decision_metrics(gold, chosen), perplexity)
+
+
+def decision_metrics(gold: Sequence[str], chosen: Sequence[str | None]
+                     ) -> tuple[float | None, float | None, float | None, float | None]:
+    """Accuracy and macro precision, recall and F1 over yes/no/maybe (None: no decisions);
+    a missing choice counts as wrong."""
+    from sklearn.metrics import accuracy_score, precision_recall_fscore_support
+
     if not gold:
-        return GeneratorScores(name, len(pairs), None, None, None, None, perplexity)
+        return None, None, None, None
+    picked = [c or "none" for c in chosen]
     precision, recall, f1, _ = precision_recall_fscore_support(
-        gold, chosen, labels=list(LABELS), average="macro", zero_division=0)
-    return GeneratorScores(name, len(pairs), round(float(accuracy_score(gold, chosen)), 4),
-                           round(float(precision), 4), round(float(recall), 4),
-                           round(float(f1), 4), perplexity)
+        gold, picked, labels=list(LABELS), average="macro", zero_division=0)
+    return (round(float(accuracy_score(gold, picked)), 4), round(float(precision), 4),
+            round(float(recall), 4), round(float(f1), 4))
 
 
 @dataclass(frozen=True)

