@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from django.contrib import admin
 from django.http import HttpRequest
 
 from kms import access
@@ -12,3 +13,16 @@ def access_of(request: HttpRequest) -> access.Access:
     if not hasattr(request, "_kms_access"):
         request._kms_access = access.Access.for_user(request.user)
     return request._kms_access
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """Pages that only show: what the system records (spaces, the access log)."""
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
+        return False

@@ -13,7 +13,7 @@ from django.template.defaultfilters import pluralize
 from django.utils.html import format_html
 
 from kms import access
-from kms.admin.common import access_of
+from kms.admin.common import ReadOnlyAdmin, access_of
 from kms.store.models import AccessEvent, CuratedPair, Feedback
 from search.curation.feedback import FeedbackError, promote, review
 
@@ -105,7 +105,7 @@ class CuratedPairAdmin(admin.ModelAdmin):
 
 
 @admin.register(AccessEvent)
-class AccessEventAdmin(admin.ModelAdmin):
+class AccessEventAdmin(ReadOnlyAdmin):
     """Read-only and append-only (the database refuses changes): who read what."""
 
     list_display = ["at", "username", "action", "channel", "domain", "short_query",
@@ -128,12 +128,3 @@ class AccessEventAdmin(admin.ModelAdmin):
     @admin.display(description="Document/version ids")
     def document_list(self, obj: AccessEvent) -> str:
         return ", ".join(f"{d['document']}/{d['version']}" for d in obj.documents[:10])
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
-        return False

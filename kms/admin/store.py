@@ -21,7 +21,7 @@ from django.template.defaultfilters import pluralize
 from django.utils.html import format_html
 
 from kms import access
-from kms.admin.common import access_of
+from kms.admin.common import ReadOnlyAdmin, access_of
 from kms.store.models import (
     ApiToken,
     Chunk,
@@ -294,19 +294,10 @@ class ChunkAdmin(admin.ModelAdmin):
 
 
 @admin.register(EmbeddingSpace)
-class EmbeddingSpaceAdmin(admin.ModelAdmin):
+class EmbeddingSpaceAdmin(ReadOnlyAdmin):
     """Read-only: a space is registered by the model that fills it."""
 
     list_display = ["name", "backend", "dimensions", "model_path", "created_at"]
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj=None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj=None) -> bool:
-        return False
 
 
 @admin.register(ModelRun)

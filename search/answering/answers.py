@@ -42,7 +42,6 @@ from search.answering.citations import (
 )
 from search.answering.generation.backends import get_generator
 from search.answering.generation.base import Generator, GeneratorError
-from search.answering.generator_runs import served_generator
 from search.answering.prompting import (
     NO_ANSWER,
     SourcePassage,
@@ -58,7 +57,7 @@ from search.answering.verification import (
     SentenceCheck,
     verify,
 )
-from search.answering.verifier_runs import served_verifier
+from search.answering.verifier_runs import served_generator, served_verifier
 from search.retrieval.search import SearchError, SearchResponse, search
 
 VerifyMethod = Literal["embedding", "lexical", "model", "none"]

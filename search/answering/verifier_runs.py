@@ -1,4 +1,5 @@
-"""Selectors: which support verifier's files serve a domain, or an evaluation.
+"""Selectors: which trained models' files serve a domain (verifier, generator), or an
+evaluation.
 
 Apart from :mod:`~search.answering.support_model` so that loading and classifying need no
 database (the trainers import its labels).
@@ -12,13 +13,22 @@ from kms.store.models import Domain, ModelRun
 from search.answering.support_model import VerifierUnavailable
 
 
-def served_verifier(domain: str | Domain) -> Path | None:
-    """The model directory of the domain's promoted verifier, or None."""
-    runs = ModelRun.objects.filter(kind=ModelRun.Kind.VERIFIER, state=ModelRun.State.PROMOTED)
+def promoted_directory(domain: str | Domain, kind: str) -> Path | None:
+    """The model directory of the domain's promoted run of ``kind``, or None."""
+    runs = ModelRun.objects.filter(kind=kind, state=ModelRun.State.PROMOTED)
     runs = runs.filter(domain=domain) if isinstance(domain, Domain) else runs.filter(
         domain__slug=domain)
     run = runs.only("model_dir").first()
     return Path(run.model_dir) if run is not None and run.model_dir else None
+
+
+def served_verifier(domain: str | Domain) -> Path | None:
+    return promoted_directory(domain, ModelRun.Kind.VERIFIER)
+
+
+def served_generator(domain: str | Domain) -> Path | None:
+    """The domain's promoted fine-tuned generator, or None (the base model serves)."""
+    return promoted_directory(domain, ModelRun.Kind.GENERATOR)
 
 
 def verifier_directory(choice: str | None = None) -> tuple[Path | None, str]:
