@@ -77,6 +77,21 @@ def document_q(access: Access, prefix: str = "") -> Q:
     return Q(**domain) & _groups_allow(access, f"{prefix}pk" if prefix else "pk")
 
 
+def for_request(request, user) -> Access:
+    """``user``'s access, worked out once per request however often a view asks for it
+    (admin and portal: the signed-in user; the API: its token's user)."""
+    cached = getattr(request, "_kms_access", None)
+    if cached is None or cached[0] is not user:
+        cached = request._kms_access = (user, Access.for_user(user))
+    return cached[1]
+
+
+def visible_document(access: Access, document_id: int) -> Document | None:
+    """One document, if the caller may see it (with its domain and served version)."""
+    return visible_documents(access).select_related("domain", "current_version").filter(
+        pk=document_id).first()
+
+
 def visible_domains(access: Access) -> QuerySet[Domain]:
     if access.unrestricted:
         return Domain.objects.all()

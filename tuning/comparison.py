@@ -125,8 +125,8 @@ def compare(pairs: Sequence[QAPair], configurations: Sequence[Configuration], do
         "source", "pk"))
     rag = {pair.id: rag_messages(pair.question, domain, options) for pair in pairs}
     rows = []
+    say = on_step or (lambda _: None)
     for configuration in configurations:
-        say = on_step or (lambda _: None)
         say(configuration.name)
         if configuration.model_dir is not None:
             model, tokenizer = load_base(configuration.model_dir)

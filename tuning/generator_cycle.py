@@ -19,7 +19,7 @@ from tuning.data.qa import QAPair, check_enough, curated_pairs, held_out, read_p
 from tuning.evaluation.generation import GeneratorScores, decide, score_generator
 from tuning.params import GeneratorParams
 from tuning.training.generator import (
-    GeneratorTrainingError,
+    checked_model_path,
     load_base,
     model_directory,
     train_generator,
@@ -30,11 +30,8 @@ KIND = ModelRun.Kind.GENERATOR
 
 def base_model(choice: str | Path | None = None) -> str:
     """The model a run starts from: ``choice``, KMS_GENERATOR_MODEL, or SmolLM2's GGUF."""
-    path = Path(choice or settings.KMS_GENERATOR_MODEL or default_gguf_path()).expanduser()
-    if not (path.is_file() and path.suffix == ".gguf") and not (path / "config.json").is_file():
-        raise GeneratorTrainingError(f"No model at {path}: give a checkpoint folder (with "
-                                     "config.json) or a .gguf file.")
-    return str(path.resolve())
+    return str(checked_model_path(choice or settings.KMS_GENERATOR_MODEL
+                                  or default_gguf_path()).resolve())
 
 
 def pairs_for(domain: Domain, dataset: str | None) -> list[QAPair]:
@@ -96,4 +93,4 @@ def _scores(name: str, directory: Path, held: list[QAPair],
             params: GeneratorParams) -> GeneratorScores:
     model, tokenizer = load_base(directory)
     return score_generator(name, model, tokenizer, held, params.recipe, params.seed,
-                           params.max_length, params.distractors, params.passage_words)
+                           params.distractors, params.passage_words)

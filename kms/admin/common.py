@@ -10,9 +10,7 @@ from kms import access
 
 def access_of(request: HttpRequest) -> access.Access:
     """The signed-in account's access, worked out once per request."""
-    if not hasattr(request, "_kms_access"):
-        request._kms_access = access.Access.for_user(request.user)
-    return request._kms_access
+    return access.for_request(request, request.user)
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):

@@ -10,6 +10,7 @@ sees what was searched and can ask again in their own words.
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Iterator
 from dataclasses import asdict
@@ -141,18 +142,13 @@ def ask_in_conversation(conversation: Conversation, question: str, access: Acces
     first = next(events)
     yield standalone
     result = first
-    for event in _chain(first, events):
+    for event in itertools.chain([first], events):
         if isinstance(event, Token):
             yield event
         else:
             result = event
     assert isinstance(result, Answer)
     yield _save_turn(conversation, question.strip(), standalone, result)
-
-
-def _chain(first, rest) -> Iterator:
-    yield first
-    yield from rest
 
 
 @transaction.atomic

@@ -6,7 +6,7 @@ from django.http import HttpRequest
 from ninja.errors import AuthenticationError
 from ninja.security import HttpBearer, SessionAuth
 
-from kms.access import Access
+from kms.access import Access, for_request
 from kms.tokens import TokenError, token_for_secret
 
 
@@ -22,7 +22,7 @@ class TokenAuth(HttpBearer):
 
 def access_of(request: HttpRequest) -> Access:
     """The caller's access: always through the access module, never a default."""
-    return Access.for_user(request.auth)
+    return for_request(request, request.auth)
 
 
 def channel(request: HttpRequest) -> str:

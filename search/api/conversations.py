@@ -129,10 +129,7 @@ def ask_follow_up(request: HttpRequest, conversation_id: int, body: FollowUpIn):
     standalone = next(events)  # retrieval runs here: a bad question is a 4xx
 
     def final(turn: Turn) -> tuple[str, dict]:
-        audit.record(request.auth, "ask", channel(request), domain=conversation.domain.slug,
-                     query=turn.standalone_question,
-                     shown=[(s["document_id"], s["version_id"])
-                            for s in turn.answer["sources"]])
+        audit.record_turn(request.auth, channel(request), turn)
         return "turn", TurnOut(**turn_out(turn, {s["document_id"] for s in
                                                  turn.answer["sources"]})).model_dump(
             mode="json")

@@ -14,7 +14,7 @@ from django.http import FileResponse, Http404, HttpRequest
 from ninja import Field, File, Form, Query, Router, Schema, UploadedFile
 from ninja.responses import Status
 
-from kms.access import visible_documents
+from kms.access import visible_document, visible_documents
 from kms.store.models import Document, Publication
 from kms.store.models import Status as DocumentStatus
 from search.api import errors
@@ -98,8 +98,7 @@ def _permitted(request: HttpRequest, permission: str, doing: str) -> None:
 
 
 def _visible(request: HttpRequest, document_id: int) -> Document:
-    document = visible_documents(access_of(request)).select_related("domain").filter(
-        pk=document_id).first()
+    document = visible_document(access_of(request), document_id)
     if document is None:
         raise Http404(f"No document {document_id} that you can see.")
     return document
@@ -142,10 +141,7 @@ def download(request: HttpRequest, document_id: int, version: int | None = None)
     """The original file of the served version (or of ``version``), through the access
     check: there is no public URL of a stored file."""
     document = _visible(request, document_id)
-    versions = document.versions.exclude(file="")
-    chosen = (versions.filter(number=version).first() if version is not None
-              else versions.filter(pk=document.current_version_id).first()
-              or versions.order_by("-number").first())
+    chosen = document.stored_version(number=version)
     if chosen is None:
         raise Http404(f"Document {document_id} has no stored file"
                       + (f" for version {version}." if version is not None else "."))

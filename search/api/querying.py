@@ -77,7 +77,7 @@ def search_documents(request: HttpRequest, params: Query[SearchParams]):
     start = (params.page - 1) * params.per_page
     shown = response.documents[start:wanted]
     audit.record(request.auth, "search", channel(request), domain=params.domain,
-                 query=params.q, shown=[(h.document_id, h.version_id) for h in shown])
+                 query=params.q, shown=audit.hits_shown(shown))
     return {
         "query": response.query, "mode": response.mode, "page": params.page,
         "per_page": params.per_page, "has_more": len(response.documents) > wanted,
@@ -138,5 +138,4 @@ def ask(request: HttpRequest, body: AskIn):
 
 def record_answer(request: HttpRequest, domain: str, result: Answer) -> None:
     audit.record(request.auth, "ask", channel(request), domain=domain,
-                 query=result.question, shown=[(s.document_id, s.version_id)
-                                               for s in result.sources])
+                 query=result.question, shown=audit.hits_shown(result.sources))

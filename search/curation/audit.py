@@ -29,6 +29,18 @@ def record(user, action: str, channel: str, *, domain: str = "", query: str = ""
         channel=channel, domain=domain, query=query[:2000], documents=documents)
 
 
+def hits_shown(hits) -> Shown:
+    """(document, version) of search hits or an answer's sources."""
+    return [(h.document_id, h.version_id) for h in hits]
+
+
+def record_turn(user, channel: str, turn) -> AccessEvent:
+    """A conversation's question, with the documents and versions its answer cited."""
+    return record(user, "ask", channel, domain=turn.conversation.domain.slug,
+                  query=turn.standalone_question,
+                  shown=[(s["document_id"], s["version_id"]) for s in turn.answer["sources"]])
+
+
 def purge(days: int | None = None) -> tuple[int, int]:
     """Delete access events and model-change entries older than the retention; returns the
     two counts. ``0`` days keeps everything."""

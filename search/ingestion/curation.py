@@ -96,15 +96,11 @@ def set_excluded(access: Access, chunk_ids: Sequence[int], excluded: bool) -> in
 
 
 @transaction.atomic
-def assign_groups(access: Access, document_ids: Iterable[int], groups: Sequence[Group],
-                  *, replace: bool = True) -> int:
-    """Set (or add) the access groups that may see the documents; none: the whole domain."""
+def assign_groups(access: Access, document_ids: Iterable[int], groups: Sequence[Group]) -> int:
+    """Set the access groups that may see the documents; none: the whole domain."""
     documents = list(_documents(access, document_ids))
     for document in documents:
-        if replace:
-            document.access_groups.set(groups)
-        else:
-            document.access_groups.add(*groups)
+        document.access_groups.set(groups)
     return len(documents)
 
 

@@ -23,18 +23,14 @@ from search.answering.conversations import (
 )
 from search.answering.generation.base import GeneratorError
 from search.curation import audit
-from search.portal.common import access_of, staff_domains
+from search.portal.common import access_of, refuse_nul, staff_domains
 from search.retrieval.search import SearchError
 
 
 class QuestionForm(forms.Form):
     question = forms.CharField(label="Your question", max_length=2000, strip=True,
-                               widget=forms.Textarea(attrs={"rows": 2}))
-
-    def clean_question(self) -> str:
-        if "\x00" in self.cleaned_data["question"]:
-            raise forms.ValidationError("The question must not contain NUL characters.")
-        return self.cleaned_data["question"]
+                               widget=forms.Textarea(attrs={"rows": 2}),
+                               validators=[refuse_nul])
 
 
 def _mine(request: HttpRequest, conversation_id: int):
@@ -85,10 +81,7 @@ def conversation(request: HttpRequest, conversation_id: int) -> HttpResponse:
         except (SearchError, GeneratorError) as exc:
             messages.error(request, str(exc))
         else:
-            audit.record(request.user, "ask", "portal", domain=thread.domain.slug,
-                         query=turn.standalone_question,
-                         shown=[(s["document_id"], s["version_id"])
-                                for s in turn.answer["sources"]])
+            audit.record_turn(request.user, "portal", turn)
             return redirect("portal:conversation", thread.pk)
     turns = list(thread.turns.order_by("number"))
     visible = visible_cited(access_of(request), turns)

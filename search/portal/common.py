@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+from django.core.exceptions import ValidationError
 from django.http import HttpRequest
 
-from kms.access import Access, visible_domains
+from kms.access import Access, for_request, visible_domains
 from kms.store.models import Domain
 
 
+def refuse_nul(value: str) -> None:
+    """PostgreSQL text cannot hold NUL: a form refuses it at the edge, as the API does."""
+    if "\x00" in value:
+        raise ValidationError("The text must not contain NUL characters.")
+
+
 def access_of(request: HttpRequest) -> Access:
-    if not hasattr(request, "_kms_access"):
-        request._kms_access = Access.for_user(request.user)
-    return request._kms_access
+    return for_request(request, request.user)
 
 
 def staff_domains(request: HttpRequest) -> list[Domain]:
@@ -19,6 +24,3 @@ def staff_domains(request: HttpRequest) -> list[Domain]:
     return list(visible_domains(access_of(request))
                 .filter(purpose=Domain.Purpose.DOCUMENTS).order_by("name"))
 
-
-def shown(hits) -> list[tuple[int, int]]:
-    return [(h.document_id, h.version_id) for h in hits]

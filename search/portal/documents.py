@@ -11,7 +11,7 @@ from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonRe
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
-from kms.access import visible_documents
+from kms.access import visible_document, visible_documents
 from kms.store.models import Document, Publication, Status
 from search.curation import audit
 from search.ingestion.progress import progress
@@ -21,8 +21,7 @@ from search.retrieval.search import SearchError, resolve_domain
 
 
 def _visible(request: HttpRequest, document_id: int) -> Document:
-    document = visible_documents(access_of(request)).select_related(
-        "domain", "current_version").filter(pk=document_id).first()
+    document = visible_document(access_of(request), document_id)
     if document is None:
         raise Http404(f"No document {document_id} that you can see.")
     return document
@@ -130,11 +129,7 @@ def viewer(request: HttpRequest, document_id: int) -> HttpResponse:
 def download(request: HttpRequest, document_id: int) -> FileResponse:
     """The original file, only through the access check (there is no public file URL)."""
     document = _visible(request, document_id)
-    versions = document.versions.exclude(file="")
-    wanted = _int(request.GET.get("version"))
-    chosen = (versions.filter(pk=wanted).first() if wanted is not None
-              else versions.filter(pk=document.current_version_id).first()
-              or versions.order_by("-number").first())
+    chosen = document.stored_version(version_id=_int(request.GET.get("version")))
     if chosen is None:
         raise Http404(f"Document {document_id} has no stored file for that version.")
     audit.record(request.user, "download", "portal", domain=document.domain.slug,

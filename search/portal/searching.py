@@ -9,14 +9,15 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 
 from search.curation import audit
-from search.portal.common import access_of, shown, staff_domains
+from search.portal.common import access_of, refuse_nul, staff_domains
 from search.retrieval.search import SearchError, SearchFilters, search
 
 PER_PAGE = 10
 
 
 class SearchForm(forms.Form):
-    q = forms.CharField(label="Search for", max_length=1000, strip=True)
+    q = forms.CharField(label="Search for", max_length=1000, strip=True,
+                        validators=[refuse_nul])
     domain = forms.ChoiceField(label="Domain")
     mode = forms.ChoiceField(label="Mode", initial="hybrid", required=False, choices=[
         ("hybrid", "Hybrid"), ("bm25", "Keywords (BM25)"), ("dense", "Meaning (dense)")])
@@ -28,11 +29,6 @@ class SearchForm(forms.Form):
     def __init__(self, *args, domains, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.fields["domain"].choices = [(d.slug, d.name) for d in domains]
-
-    def clean_q(self) -> str:
-        if "\x00" in self.cleaned_data["q"]:
-            raise forms.ValidationError("The query must not contain NUL characters.")
-        return self.cleaned_data["q"]
 
 
 @login_required
@@ -51,7 +47,7 @@ def search_page(request: HttpRequest) -> HttpResponse:
             error = str(exc)
         else:
             audit.record(request.user, "search", "portal", domain=data["domain"],
-                         query=data["q"], shown=shown(response.documents))
+                         query=data["q"], shown=audit.hits_shown(response.documents))
     return render(request, "portal/search.html", {
         "form": form, "response": response, "error": error, "domains": domains,
         "nav": "search"})

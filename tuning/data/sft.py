@@ -22,7 +22,6 @@ CLOSED_BOOK_PROMPT = (
     "for a decision, open with Yes, No or Maybe; then explain in one or two sentences.")
 
 
-
 @dataclass(frozen=True)
 class TrainingPassage:
     """A passage of a training prompt, numbered as the answer cites it."""

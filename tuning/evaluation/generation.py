@@ -55,8 +55,8 @@ def _one_pass(model: Any, prompt: list[int], answer: list[int],
 
 
 def score_generator(name: str, model: Any, tokenizer: Any, pairs: Sequence[QAPair],
-                    recipe: str, seed: int = 13, max_length: int = 1024,
-                    distractors: int = 1, passage_words: int = 120) -> GeneratorScores:
+                    recipe: str, seed: int = 13, distractors: int = 1,
+                    passage_words: int = 120) -> GeneratorScores:
     """The gate's scores: the recipe's own prompts for the held-out pairs."""
     prompts = [(prompt_of(pair, pairs, recipe, seed, distractors, passage_words), pair)
                for pair in pairs]
@@ -69,7 +69,6 @@ def score_prompts(name: str, model: Any, tokenizer: Any,
     """Decision accuracy and macro precision, recall and F1 (the label word likeliest as the
     answer's first token; a word of several tokens by its first), and the perplexity of the
     gold answers (their first ``answer_tokens``), in one forward pass per prompt."""
-
     from search.answering.generation.local import encode_chat
 
     model.eval()

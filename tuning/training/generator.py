@@ -62,15 +62,19 @@ class PaddingCollator:
                 "attention_mask": torch.tensor(mask)}
 
 
-def model_directory(base: str | Path, cache_dir: Path) -> Path:
-    """A checkpoint folder for ``base``: itself, or the one-time conversion of a GGUF file."""
+def checked_model_path(base: str | Path) -> Path:
+    """``base`` if it is a checkpoint folder (with config.json) or a .gguf file."""
     path = Path(base).expanduser()
-    if path.is_file() and path.suffix == ".gguf":
-        return convert_gguf(path, cache_dir)
-    if not (path / "config.json").is_file():
+    if not (path.is_file() and path.suffix == ".gguf") and not (path / "config.json").is_file():
         raise GeneratorTrainingError(f"No model at {path}: give a checkpoint folder (with "
                                      "config.json) or a .gguf file.")
     return path
+
+
+def model_directory(base: str | Path, cache_dir: Path) -> Path:
+    """A checkpoint folder for ``base``: itself, or the one-time conversion of a GGUF file."""
+    path = checked_model_path(base)
+    return convert_gguf(path, cache_dir) if path.suffix == ".gguf" else path
 
 
 def load_base(directory: Path) -> tuple[Any, Any]:

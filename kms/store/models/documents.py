@@ -134,6 +134,18 @@ class Document(models.Model):
     def __str__(self) -> str:
         return self.title
 
+    def stored_version(self, *, number: int | None = None,
+                       version_id: int | None = None) -> DocumentVersion | None:
+        """The version whose original file a download sends: the one asked for (by number
+        or id), else the served one, else the newest with a file; None: no stored file."""
+        versions = self.versions.exclude(file="")
+        if number is not None:
+            return versions.filter(number=number).first()
+        if version_id is not None:
+            return versions.filter(pk=version_id).first()
+        return (versions.filter(pk=self.current_version_id).first()
+                or versions.order_by("-number").first())
+
 
 def version_upload_to(version: DocumentVersion, filename: str) -> str:
     return f"documents/{version.content_hash[:2]}/{version.content_hash}/{filename}"

@@ -18,6 +18,7 @@ from search.management.cli import domain_or_error, process_with_progress
 from tuning import comparison
 from tuning.data.qa import QADatasetError, QAPair, held_out
 from tuning.generator_cycle import base_model, pairs_for
+from tuning.params import GeneratorParams
 from tuning.training.generator import GeneratorTrainingError, model_directory
 
 
@@ -59,15 +60,17 @@ class Command(BaseCommand):
             pairs = pairs_for(domain, str(options["dataset"]) if options["dataset"] else None)
         except QADatasetError as exc:
             raise CommandError(str(exc)) from exc
-        _, held = held_out(pairs, 0.1)
+        closed = _run(domain, options["closed_book_run"], "closed_book")
+        rag = _run(domain, options["rag_run"], "rag")
+        anchor = rag or closed
+        # The pairs the runs held out (their share; the dataset's split where it has one).
+        share = (anchor.params if anchor else {}).get("held_out", GeneratorParams().held_out)
+        _, held = held_out(pairs, share)
         if options["limit"]:
             held = sorted(random.Random(options["seed"]).sample(
                 held, min(options["limit"], len(held))), key=lambda p: p.id)
         if not held:
             raise CommandError("No held-out pairs to compare on.")
-        closed = _run(domain, options["closed_book_run"], "closed_book")
-        rag = _run(domain, options["rag_run"], "rag")
-        anchor = rag or closed
         try:
             base = model_directory(base_model(options["base"] or (anchor.base_model if anchor
                                                                   else None)),
